@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Pod datapath, attached to the host side of every pod's veth:
+ *   cil_from_container  tcx ingress  (packets leaving the pod)
+ *   cil_to_container    tcx egress   (packets the host stack sends to the pod)
+ * Per-endpoint behaviour comes only from map entries: attaching an endpoint
+ * never loads or verifies a program.
+ */
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/conntrack.h"
+#include "lib/eps.h"
+#include "lib/events.h"
+#include "lib/metrics.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_ARP_ 0x0806
+#define ARPOP_REQUEST_ 1
+#define ARPOP_REPLY_ 2
+
+/* Ethernet/IPv4 ARP body as on the wire (28 bytes, unaligned addresses). */
+struct arp_eth_ipv4 {
+	__be16 hrd;
+	__be16 pro;
+	__u8 hln;
+	__u8 pln;
+	__be16 op;
+	__u8 sha[6];
+	__u8 sip[4];
+	__u8 tha[6];
+	__u8 tip[4];
+} __attribute__((packed));
+
+static __always_inline void emit_drop(const struct dp_config *cfg, int reason, __u8 dir,
+				      const struct pkt_info *pkt, __u32 ifindex, __u16 ep_id,
+				      __u32 src_id)
+{
+	if (!(cfg->event_flags & EVENT_F_DROP))
+		return;
+	struct cilium_event *ev = event_scratch(EVENT_TYPE_DROP, (__u8)reason, dir, pkt, ifindex);
+
+	if (!ev)
+		return;
+	ev->ep_id = ep_id;
+	ev->src_identity = src_id;
+	ev->verdict = -reason;
+	event_send(ev);
+}
+
+static __always_inline int drop(struct __sk_buff *ctx, const struct dp_config *cfg, int reason,
+				__u8 dir, const struct pkt_info *pkt, __u16 ep_id, __u32 src_id)
+{
+	update_metrics((__u8)reason, dir, ctx->len);
+	emit_drop(cfg, reason, dir, pkt, ctx->ifindex, ep_id, src_id);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void emit_trace(const struct dp_config *cfg, __u8 obs, __u8 dir,
+				       const struct pkt_info *pkt, __u32 ifindex, __u16 ep_id,
+				       __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
+				       __u32 dst_ifindex, int ct_status, int report)
+{
+	if (!(cfg->event_flags & EVENT_F_TRACE))
+		return;
+	if (!report && !(cfg->event_flags & EVENT_F_TRACE_ALL))
+		return;
+	struct cilium_event *ev = event_scratch(EVENT_TYPE_TRACE, obs, dir, pkt, ifindex);
+
+	if (!ev)
+		return;
+	ev->ep_id = ep_id;
+	ev->dst_ep_id = dst_ep_id;
+	ev->src_identity = src_id;
+	ev->dst_identity = dst_id;
+	ev->dst_ifindex = dst_ifindex;
+	ev->ct_status = (__u8)ct_status;
+	event_send(ev);
+}
+
+static __always_inline void emit_policy_verdict(const struct dp_config *cfg, int verdict,
+						const struct pkt_info *pkt, __u32 ifindex,
+						__u16 dst_ep_id, __u32 src_id, __u32 dst_id)
+{
+	if (!(cfg->event_flags & EVENT_F_POLICY_VERDICT))
+		return;
+	struct cilium_event *ev =
+		event_scratch(EVENT_TYPE_POLICY_VERDICT, 0, METRIC_DIR_INGRESS, pkt, ifindex);
+
+	if (!ev)
+		return;
+	ev->ep_id = dst_ep_id;
+	ev->dst_ep_id = dst_ep_id;
+	ev->src_identity = src_id;
+	ev->dst_identity = dst_id;
+	ev->verdict = verdict;
+	event_send(ev);
+}
+
+/*
+ * Ingress policy of the destination endpoint. This is where the per-endpoint
+ * policy lookup will sit (keyed by dst->ep_id, src_identity, proto, dport).
+ * It runs for the first packet of every connection towards a pod; replies and
+ * later packets ride on conntrack. Returns 0 to allow or -DROP_POLICY_DENIED.
+ * Today every endpoint allows all ingress.
+ */
+static __always_inline int policy_can_ingress4(const struct endpoint_info *dst, __u32 src_identity,
+					       const struct pkt_info *pkt)
+{
+	(void)dst;
+	(void)src_identity;
+	(void)pkt;
+	return 0;
+}
+
+/* Parse Ethernet + IPv4 (+ ports/TCP flags). Returns 0 or -DROP_*. */
+static __always_inline int parse_ipv4(struct __sk_buff *ctx, struct pkt_info *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	__u32 l4off;
+
+	if ((void *)(ip + 1) > data_end)
+		return -DROP_INVALID_PACKET;
+	if (ip->ihl < 5 || ip->version != 4)
+		return -DROP_INVALID_PACKET;
+
+	pkt->saddr = ip->saddr;
+	pkt->daddr = ip->daddr;
+	pkt->proto = ip->protocol;
+	pkt->ttl = ip->ttl;
+	pkt->len = ctx->len;
+	pkt->sport = 0;
+	pkt->dport = 0;
+	pkt->tcp_flags = 0;
+	pkt->pad = 0;
+
+	/* Non-first fragments carry no layer-4 header: track them port-less. */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+
+	l4off = ETH_HLEN + ip->ihl * 4;
+	switch (pkt->proto) {
+	case IPPROTO_TCP: {
+		__u8 buf[14];
+
+		if (bpf_skb_load_bytes(ctx, l4off, buf, sizeof(buf)) < 0)
+			return -DROP_CT_INVALID_HDR;
+		__builtin_memcpy(&pkt->sport, &buf[0], 2);
+		__builtin_memcpy(&pkt->dport, &buf[2], 2);
+		pkt->tcp_flags = buf[13];
+		break;
+	}
+	case IPPROTO_UDP: {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(ctx, l4off, ports, sizeof(ports)) < 0)
+			return -DROP_CT_INVALID_HDR;
+		pkt->sport = ports[0];
+		pkt->dport = ports[1];
+		break;
+	}
+	case IPPROTO_ICMP: {
+		__u8 buf[8];
+
+		if (bpf_skb_load_bytes(ctx, l4off, buf, sizeof(buf)) < 0)
+			return -DROP_CT_INVALID_HDR;
+		/* Echo identifier as a port so request and reply pair up. */
+		if (buf[0] == ICMP_ECHO)
+			__builtin_memcpy(&pkt->sport, &buf[4], 2);
+		else if (buf[0] == ICMP_ECHOREPLY)
+			__builtin_memcpy(&pkt->dport, &buf[4], 2);
+		break;
+	}
+	default:
+		break;
+	}
+	return 0;
+}
+
+/* Answer an ARP request from the pod with the host-side veth MAC. */
+static __always_inline int handle_arp(struct __sk_buff *ctx)
+{
+	struct arp_eth_ipv4 arp;
+	struct endpoint_info *ep;
+	__be32 sip, tip;
+	__u8 smac[6];
+
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN, &arp, sizeof(arp)) < 0)
+		return TC_ACT_OK;
+	if (arp.hrd != bpf_htons(1) || arp.pro != bpf_htons(ETH_P_IP) || arp.hln != 6 ||
+	    arp.pln != 4 || arp.op != bpf_htons(ARPOP_REQUEST_))
+		return TC_ACT_OK;
+	__builtin_memcpy(&sip, arp.sip, 4);
+	__builtin_memcpy(&tip, arp.tip, 4);
+	/* Leave probes (sip 0) and gratuitous ARP (tip == sip) alone. */
+	if (sip == 0 || sip == tip)
+		return TC_ACT_OK;
+	ep = lookup_endpoint(sip);
+	if (!ep || ep->ifindex != ctx->ifindex)
+		return TC_ACT_OK;
+
+	__builtin_memcpy(smac, arp.sha, 6);
+	arp.op = bpf_htons(ARPOP_REPLY_);
+	__builtin_memcpy(arp.tha, smac, 6);
+	__builtin_memcpy(arp.sha, ep->node_mac, 6);
+	__builtin_memcpy(arp.tip, &sip, 4);
+	__builtin_memcpy(arp.sip, &tip, 4);
+
+	if (bpf_skb_store_bytes(ctx, ETH_HLEN, &arp, sizeof(arp), 0) < 0 ||
+	    bpf_skb_store_bytes(ctx, 0, smac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(ctx, 6, ep->node_mac, 6, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(ctx->ifindex, 0);
+}
+
+static __always_inline __be16 eth_proto(struct __sk_buff *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	return eth->h_proto;
+}
+
+/* Rewrite MACs and TTL for delivery into @dst's namespace. Returns 0 or -DROP_*. */
+static __always_inline int rewrite_for_delivery(struct __sk_buff *ctx,
+						const struct endpoint_info *dst, __u8 ttl)
+{
+	__u8 new_ttl;
+
+	if (ttl <= 1)
+		return -DROP_TTL_EXCEEDED;
+	new_ttl = ttl - 1;
+	if (bpf_l3_csum_replace(ctx, IP_CSUM_OFF, bpf_htons((__u16)ttl << 8),
+				bpf_htons((__u16)new_ttl << 8), 2) < 0)
+		return -DROP_WRITE_ERROR;
+	if (bpf_skb_store_bytes(ctx, IP_TTL_OFF, &new_ttl, 1, 0) < 0)
+		return -DROP_WRITE_ERROR;
+	if (bpf_skb_store_bytes(ctx, 0, dst->mac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(ctx, 6, dst->node_mac, 6, 0) < 0)
+		return -DROP_WRITE_ERROR;
+	return 0;
+}
+
+SEC("tcx/ingress")
+int cil_from_container(struct __sk_buff *ctx)
+{
+	struct dp_config cfg;
+	struct pkt_info pkt = {};
+	struct endpoint_info *src_ep, *dst_ep;
+	__u32 src_id, dst_id;
+	__u16 ep_id;
+	__be16 proto;
+	int ret, report = 0, status;
+
+	proto = eth_proto(ctx);
+	if (proto == bpf_htons(ETH_P_ARP_))
+		return handle_arp(ctx);
+	if (proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK; /* IPv6 and others: host stack decides */
+
+	load_config(&cfg);
+	ret = parse_ipv4(ctx, &pkt);
+	if (ret < 0)
+		return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, 0, 0);
+
+	src_ep = lookup_endpoint(pkt.saddr);
+	if (!src_ep || src_ep->ifindex != ctx->ifindex)
+		return drop(ctx, &cfg, DROP_INVALID_SIP, METRIC_DIR_EGRESS, &pkt, 0, 0);
+	ep_id = src_ep->ep_id;
+	src_id = src_ep->sec_identity;
+
+	status = ct_lookup_create4(&pkt, src_id, &cfg, &report);
+	if (status < 0)
+		return drop(ctx, &cfg, -status, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
+
+	dst_ep = lookup_endpoint(pkt.daddr);
+	if (dst_ep && !(dst_ep->flags & ENDPOINT_F_HOST)) {
+		struct endpoint_info dst = *dst_ep;
+
+		dst_id = dst.sec_identity;
+		if (status == CT_NEW) {
+			ret = policy_can_ingress4(&dst, src_id, &pkt);
+			emit_policy_verdict(&cfg, ret, &pkt, ctx->ifindex, dst.ep_id, src_id,
+					    dst_id);
+			if (ret < 0)
+				return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, dst.ep_id,
+					    src_id);
+		}
+		ret = rewrite_for_delivery(ctx, &dst, pkt.ttl);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
+		update_metrics(0, METRIC_DIR_EGRESS, pkt.len);
+		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
+		emit_trace(&cfg, TRACE_TO_LXC, METRIC_DIR_EGRESS, &pkt, ctx->ifindex, ep_id,
+			   dst.ep_id, src_id, dst_id, dst.ifindex, status, report);
+		ret = bpf_redirect_peer(dst.ifindex, 0);
+		if (ret != TC_ACT_REDIRECT)
+			return drop(ctx, &cfg, DROP_REDIRECT_FAILED, METRIC_DIR_EGRESS, &pkt, ep_id,
+				    src_id);
+		return ret;
+	}
+
+	dst_id = dst_ep ? IDENTITY_HOST : lookup_identity(pkt.daddr);
+	update_metrics(0, METRIC_DIR_EGRESS, pkt.len);
+	emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_EGRESS, &pkt, ctx->ifindex, ep_id, 0, src_id,
+		   dst_id, 0, status, report);
+	return TC_ACT_OK;
+}
+
+SEC("tcx/egress")
+int cil_to_container(struct __sk_buff *ctx)
+{
+	struct dp_config cfg;
+	struct pkt_info pkt = {};
+	struct endpoint_info *dst_ep;
+	__u32 src_id, dst_id = 0;
+	__u16 ep_id = 0;
+	int ret, report = 0, status;
+
+	if (eth_proto(ctx) != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+
+	load_config(&cfg);
+	ret = parse_ipv4(ctx, &pkt);
+	if (ret < 0)
+		return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, 0);
+
+	src_id = lookup_identity(pkt.saddr);
+	dst_ep = lookup_endpoint(pkt.daddr);
+	if (dst_ep) {
+		ep_id = dst_ep->ep_id;
+		dst_id = dst_ep->sec_identity;
+	}
+
+	status = ct_lookup_create4(&pkt, src_id, &cfg, &report);
+	if (status < 0)
+		return drop(ctx, &cfg, -status, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
+
+	if (dst_ep && status == CT_NEW) {
+		struct endpoint_info dst = *dst_ep;
+
+		ret = policy_can_ingress4(&dst, src_id, &pkt);
+		emit_policy_verdict(&cfg, ret, &pkt, ctx->ifindex, ep_id, src_id, dst_id);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
+	}
+
+	update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
+	emit_trace(&cfg, TRACE_TO_LXC, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, ep_id, ep_id, src_id,
+		   dst_id, ctx->ifindex, status, report);
+	return TC_ACT_OK;
+}

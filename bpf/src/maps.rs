@@ -1,0 +1,458 @@
+//! Typed wrappers over the pinned datapath maps.
+//!
+//! Each wrapper owns a duplicated map fd ([`MapHandle`]), so it is `Send + Sync`, outlives
+//! the skeleton and can also be opened from the pins alone ([`Maps::open_pinned`]), e.g.
+//! by the CLI or a restarted agent before it loads programs.
+
+use std::marker::PhantomData;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use libbpf_rs::{MapCore as _, MapFlags, MapHandle};
+
+use crate::drop::DropReason;
+use crate::error::{Error, Result};
+use crate::types::{
+    CtEntry4, CtKey4, DpConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, MetricsKey,
+    MetricsValue, Pod,
+};
+
+/// Pinned map names (file names under the bpf root).
+pub mod names {
+    /// Local endpoints.
+    pub const LXC: &str = "cilium_lxc_v1";
+    /// IP prefix to identity.
+    pub const IPCACHE: &str = "cilium_ipcache_v1";
+    /// TCP conntrack.
+    pub const CT4: &str = "cilium_ct4_v1";
+    /// Non-TCP conntrack.
+    pub const CT_ANY4: &str = "cilium_ct_any4_v1";
+    /// Per-CPU counters.
+    pub const METRICS: &str = "cilium_metrics_v1";
+    /// Event ring buffer.
+    pub const EVENTS: &str = "cilium_events_v1";
+    /// Runtime config.
+    pub const CONFIG: &str = "cilium_config_v1";
+    /// Every pinned map.
+    pub const ALL: &[&str] = &[LXC, IPCACHE, CT4, CT_ANY4, METRICS, EVENTS, CONFIG];
+}
+
+/// How full a map is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FillRatio {
+    /// Entries present.
+    pub entries: u32,
+    /// Map capacity.
+    pub max_entries: u32,
+}
+
+impl FillRatio {
+    /// entries / max_entries, 0.0 for an empty-capacity map.
+    pub fn ratio(&self) -> f64 {
+        if self.max_entries == 0 {
+            0.0
+        } else {
+            f64::from(self.entries) / f64::from(self.max_entries)
+        }
+    }
+}
+
+/// A map with fixed key/value types (checked against the kernel's sizes on open).
+#[derive(Debug)]
+pub struct TypedMap<K, V> {
+    name: &'static str,
+    handle: MapHandle,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Pod, V: Pod> TypedMap<K, V> {
+    /// Wraps a handle, verifying key and value sizes.
+    pub fn new(name: &'static str, handle: MapHandle) -> Result<Self> {
+        check_size(name, "key", handle.key_size(), size_of::<K>())?;
+        check_size(name, "value", handle.value_size(), size_of::<V>())?;
+        Ok(Self {
+            name,
+            handle,
+            _types: PhantomData,
+        })
+    }
+
+    /// Opens the map pinned at `root/<name>`.
+    pub fn open_pinned(root: &Path, name: &'static str) -> Result<Self> {
+        let handle = MapHandle::from_pinned_path(root.join(name)).map_err(|source| Error::Map {
+            map: name,
+            op: "open pinned",
+            source,
+        })?;
+        Self::new(name, handle)
+    }
+
+    /// Map name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Capacity.
+    pub fn max_entries(&self) -> u32 {
+        self.handle.max_entries()
+    }
+
+    /// Inserts or replaces an entry.
+    pub fn insert(&self, key: &K, value: &V) -> Result<()> {
+        self.handle
+            .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: self.name,
+                op: "update",
+                source,
+            })
+    }
+
+    /// Looks an entry up.
+    pub fn lookup(&self, key: &K) -> Result<Option<V>> {
+        let raw = self
+            .handle
+            .lookup(key.as_bytes(), MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: self.name,
+                op: "lookup",
+                source,
+            })?;
+        Ok(raw.and_then(|b| V::from_bytes(&b)))
+    }
+
+    /// Deletes an entry; `Ok(false)` when it was not there.
+    pub fn delete(&self, key: &K) -> Result<bool> {
+        match self.handle.delete(key.as_bytes()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::Map {
+                map: self.name,
+                op: "delete",
+                source,
+            }),
+        }
+    }
+
+    /// All entries (a snapshot; entries changing meanwhile may be missed or vanish).
+    pub fn entries(&self) -> Result<Vec<(K, V)>> {
+        let mut out = Vec::new();
+        for kb in self.handle.keys() {
+            let Some(k) = K::from_bytes(&kb) else {
+                continue;
+            };
+            if let Some(v) = self.lookup(&k)? {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries (walks the keys).
+    pub fn count(&self) -> u32 {
+        u32::try_from(self.handle.keys().count()).unwrap_or(u32::MAX)
+    }
+
+    /// Entries versus capacity, for the `cilium_bpf_map_pressure`-style metric.
+    pub fn fill_ratio(&self) -> FillRatio {
+        FillRatio {
+            entries: self.count(),
+            max_entries: self.max_entries(),
+        }
+    }
+
+    /// Inserts many entries with one `BPF_MAP_UPDATE_BATCH` (hash maps).
+    pub fn insert_batch(&self, entries: &[(K, V)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(entries.len() * size_of::<K>());
+        let mut values = Vec::with_capacity(entries.len() * size_of::<V>());
+        for (k, v) in entries {
+            keys.extend_from_slice(k.as_bytes());
+            values.extend_from_slice(v.as_bytes());
+        }
+        let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        self.handle
+            .update_batch(&keys, &values, count, MapFlags::ANY, MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: self.name,
+                op: "update batch",
+                source,
+            })
+    }
+
+    /// The raw handle (fd), e.g. for a ring buffer or bpftool-like tools.
+    pub fn handle(&self) -> &MapHandle {
+        &self.handle
+    }
+}
+
+fn check_size(map: &'static str, what: &'static str, got: u32, expected: usize) -> Result<()> {
+    let got = got as usize;
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::Layout {
+            map,
+            what,
+            got,
+            expected,
+        })
+    }
+}
+
+/// `cilium_lxc_v1`: local endpoints by IPv4.
+#[derive(Debug)]
+pub struct EndpointMap(pub TypedMap<EndpointKey, EndpointInfo>);
+
+impl EndpointMap {
+    /// Adds or replaces the endpoint owning `ip`.
+    pub fn upsert(&self, ip: Ipv4Addr, info: &EndpointInfo) -> Result<()> {
+        self.0.insert(&EndpointKey::new(ip), info)
+    }
+    /// Removes the endpoint owning `ip`; `Ok(false)` when absent.
+    pub fn remove(&self, ip: Ipv4Addr) -> Result<bool> {
+        self.0.delete(&EndpointKey::new(ip))
+    }
+    /// Looks an endpoint up by address.
+    pub fn get(&self, ip: Ipv4Addr) -> Result<Option<EndpointInfo>> {
+        self.0.lookup(&EndpointKey::new(ip))
+    }
+    /// All endpoints, sorted by address.
+    pub fn dump(&self) -> Result<Vec<(Ipv4Addr, EndpointInfo)>> {
+        let mut v: Vec<_> = self
+            .0
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (k.ip(), v))
+            .collect();
+        v.sort_by_key(|(ip, _)| *ip);
+        Ok(v)
+    }
+}
+
+/// `cilium_ipcache_v1`: prefix to identity (longest prefix match).
+#[derive(Debug)]
+pub struct IpcacheMap(pub TypedMap<IpcacheKey, IpcacheValue>);
+
+impl IpcacheMap {
+    /// Adds or replaces `ip/prefixlen`.
+    pub fn upsert(&self, ip: Ipv4Addr, prefixlen: u8, value: &IpcacheValue) -> Result<()> {
+        self.0.insert(&IpcacheKey::new(ip, prefixlen), value)
+    }
+    /// Removes `ip/prefixlen`; `Ok(false)` when absent.
+    pub fn remove(&self, ip: Ipv4Addr, prefixlen: u8) -> Result<bool> {
+        self.0.delete(&IpcacheKey::new(ip, prefixlen))
+    }
+    /// Longest-prefix lookup of one address (as the datapath does it).
+    pub fn lookup_addr(&self, ip: Ipv4Addr) -> Result<Option<IpcacheValue>> {
+        self.0.lookup(&IpcacheKey::new(ip, 32))
+    }
+    /// All prefixes as `(network, prefixlen, value)`, sorted.
+    pub fn dump(&self) -> Result<Vec<(Ipv4Addr, u8, IpcacheValue)>> {
+        let mut v: Vec<_> = self
+            .0
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (k.ip(), u8::try_from(k.prefixlen).unwrap_or(32), v))
+            .collect();
+        v.sort_by_key(|(ip, p, _)| (*ip, *p));
+        Ok(v)
+    }
+}
+
+/// A conntrack entry with the map it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CtRecord {
+    /// Tuple of the packet that opened the connection.
+    pub key: CtKey4,
+    /// State and counters.
+    pub entry: CtEntry4,
+}
+
+/// `cilium_ct4_v1` + `cilium_ct_any4_v1`.
+#[derive(Debug)]
+pub struct ConntrackMaps {
+    /// TCP.
+    pub tcp: TypedMap<CtKey4, CtEntry4>,
+    /// Everything else.
+    pub any: TypedMap<CtKey4, CtEntry4>,
+}
+
+impl ConntrackMaps {
+    /// All entries of both maps.
+    pub fn dump(&self) -> Result<Vec<CtRecord>> {
+        let mut out = Vec::new();
+        for m in [&self.tcp, &self.any] {
+            out.extend(
+                m.entries()?
+                    .into_iter()
+                    .map(|(key, entry)| CtRecord { key, entry }),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Deletes entries whose lifetime ended before `now_secs` (CLOCK_BOOTTIME seconds, see
+    /// [`crate::boot_time_secs`]). Returns how many were deleted.
+    pub fn gc(&self, now_secs: u32) -> Result<usize> {
+        let mut removed = 0;
+        for m in [&self.tcp, &self.any] {
+            for (k, v) in m.entries()? {
+                if v.lifetime < now_secs && m.delete(&k)? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// One row of the metrics map, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricRow {
+    /// 0 = forwarded, else a drop reason code.
+    pub reason: u8,
+    /// 1 ingress, 2 egress.
+    pub dir: u8,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl MetricRow {
+    /// The drop reason, `None` for forwarded or unknown codes.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        DropReason::from_code(self.reason)
+    }
+    /// "ingress" / "egress" / "unknown".
+    pub fn direction(&self) -> &'static str {
+        match self.dir {
+            1 => "ingress",
+            2 => "egress",
+            _ => "unknown",
+        }
+    }
+}
+
+/// `cilium_metrics_v1` (per-CPU hash).
+#[derive(Debug)]
+pub struct MetricsMap(pub MapHandle);
+
+impl MetricsMap {
+    /// Every (reason, direction) row summed over CPUs, sorted.
+    pub fn dump(&self) -> Result<Vec<MetricRow>> {
+        let mut rows = Vec::new();
+        for kb in self.0.keys() {
+            let Some(key) = MetricsKey::from_bytes(&kb) else {
+                continue;
+            };
+            let per_cpu =
+                self.0
+                    .lookup_percpu(&kb, MapFlags::ANY)
+                    .map_err(|source| Error::Map {
+                        map: names::METRICS,
+                        op: "lookup",
+                        source,
+                    })?;
+            let Some(per_cpu) = per_cpu else { continue };
+            let (packets, bytes) = per_cpu
+                .iter()
+                .filter_map(|b| MetricsValue::from_bytes(b))
+                .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
+            rows.push(MetricRow {
+                reason: key.reason,
+                dir: key.dir,
+                packets,
+                bytes,
+            });
+        }
+        rows.sort_by_key(|r| (r.reason, r.dir));
+        Ok(rows)
+    }
+
+    /// Packets counted for `(reason, dir)`; 0 when absent.
+    pub fn packets(&self, reason: u8, dir: u8) -> Result<u64> {
+        Ok(self
+            .dump()?
+            .iter()
+            .find(|r| r.reason == reason && r.dir == dir)
+            .map_or(0, |r| r.packets))
+    }
+}
+
+/// `cilium_config_v1` (array with one [`DpConfig`]).
+#[derive(Debug)]
+pub struct ConfigMap(pub TypedMap<u32, DpConfig>);
+
+impl ConfigMap {
+    /// Writes the config the programs read on every packet.
+    pub fn set(&self, cfg: &DpConfig) -> Result<()> {
+        self.0.insert(&0, cfg)
+    }
+    /// Reads it back.
+    pub fn get(&self) -> Result<Option<DpConfig>> {
+        self.0.lookup(&0)
+    }
+}
+
+/// Every datapath map, by owned fd.
+#[derive(Debug)]
+pub struct Maps {
+    /// `cilium_lxc_v1`.
+    pub endpoints: EndpointMap,
+    /// `cilium_ipcache_v1`.
+    pub ipcache: IpcacheMap,
+    /// `cilium_ct4_v1`, `cilium_ct_any4_v1`.
+    pub conntrack: ConntrackMaps,
+    /// `cilium_metrics_v1`.
+    pub metrics: MetricsMap,
+    /// `cilium_config_v1`.
+    pub config: ConfigMap,
+    /// `cilium_events_v1` (ring buffer; read with [`crate::EventReader`]).
+    pub events: MapHandle,
+}
+
+impl Maps {
+    /// Opens every map from its pin under `root` (no programs are loaded).
+    pub fn open_pinned(root: &Path) -> Result<Self> {
+        let events =
+            MapHandle::from_pinned_path(root.join(names::EVENTS)).map_err(|source| Error::Map {
+                map: names::EVENTS,
+                op: "open pinned",
+                source,
+            })?;
+        let metrics = MapHandle::from_pinned_path(root.join(names::METRICS)).map_err(|source| {
+            Error::Map {
+                map: names::METRICS,
+                op: "open pinned",
+                source,
+            }
+        })?;
+        check_size(
+            names::METRICS,
+            "key",
+            metrics.key_size(),
+            size_of::<MetricsKey>(),
+        )?;
+        check_size(
+            names::METRICS,
+            "value",
+            metrics.value_size(),
+            size_of::<MetricsValue>(),
+        )?;
+        Ok(Self {
+            endpoints: EndpointMap(TypedMap::open_pinned(root, names::LXC)?),
+            ipcache: IpcacheMap(TypedMap::open_pinned(root, names::IPCACHE)?),
+            conntrack: ConntrackMaps {
+                tcp: TypedMap::open_pinned(root, names::CT4)?,
+                any: TypedMap::open_pinned(root, names::CT_ANY4)?,
+            },
+            metrics: MetricsMap(metrics),
+            config: ConfigMap(TypedMap::open_pinned(root, names::CONFIG)?),
+            events,
+        })
+    }
+}

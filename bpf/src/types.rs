@@ -1,0 +1,430 @@
+//! `#[repr(C)]` mirrors of the map keys/values and event record defined in `bpf/lib/*.h`.
+//!
+//! The C headers are the single definition; the unit tests at the bottom compare size and
+//! every field offset with the types libbpf-cargo generated from the object's BTF, so a
+//! layout drift fails `cargo test`. All types are padding-free on purpose, which is what
+//! makes the byte views in [`Pod`] sound.
+#![allow(unsafe_code, reason = "byte views of padding-free repr(C) map types")]
+
+use std::net::Ipv4Addr;
+
+/// Plain-old-data types that can be copied to and from map bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain no padding, no pointers, and every bit
+/// pattern must be a valid value.
+pub unsafe trait Pod: Copy + Default + 'static {
+    /// The value's bytes, as the kernel sees them.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: Pod types are padding-free repr(C), so every byte is initialised.
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+
+    /// Copies a value out of a byte slice; `None` when it is too short.
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: length checked; any bit pattern is valid for Pod; read_unaligned handles
+        // arbitrary alignment of the source buffer.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+// SAFETY: u32 is plain data without padding.
+unsafe impl Pod for u32 {}
+
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        // SAFETY: repr(C), padding-free (checked by the layout tests), integer fields only.
+        unsafe impl Pod for $t {}
+    )*};
+}
+
+/// Endpoint flag: the address belongs to the host, deliver to the stack (`ENDPOINT_F_HOST`).
+pub const ENDPOINT_F_HOST: u16 = 1;
+
+/// Key of `cilium_lxc_v1` (`struct endpoint_key`): IPv4 address in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Address bytes in network order (as `u32` in memory).
+    pub ip4: u32,
+}
+
+impl EndpointKey {
+    /// Key for an address.
+    pub fn new(ip: Ipv4Addr) -> Self {
+        Self {
+            ip4: u32::from_ne_bytes(ip.octets()),
+        }
+    }
+    /// The address.
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.ip4.to_ne_bytes())
+    }
+}
+
+/// Value of `cilium_lxc_v1` (`struct endpoint_info`), 24 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Host-side veth ifindex.
+    pub ifindex: u32,
+    /// Endpoint id.
+    pub ep_id: u16,
+    /// `ENDPOINT_F_*` flags.
+    pub flags: u16,
+    /// Pod (container-side) MAC.
+    pub mac: [u8; 6],
+    /// Host-side veth MAC (answers ARP, source MAC of delivered packets).
+    pub node_mac: [u8; 6],
+    /// Security identity of the pod.
+    pub sec_identity: u32,
+}
+
+/// Key of `cilium_ipcache_v1` (`struct ipcache_key`, LPM trie), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheKey {
+    /// Prefix length in bits (0..=32).
+    pub prefixlen: u32,
+    /// Network address bytes in network order.
+    pub ip4: u32,
+}
+
+impl IpcacheKey {
+    /// Key for `ip/prefixlen`; host bits are cleared.
+    pub fn new(ip: Ipv4Addr, prefixlen: u8) -> Self {
+        let p = u32::from(prefixlen.min(32));
+        let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+        let net = Ipv4Addr::from(u32::from(ip) & mask);
+        Self {
+            prefixlen: p,
+            ip4: u32::from_ne_bytes(net.octets()),
+        }
+    }
+    /// The network address.
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.ip4.to_ne_bytes())
+    }
+}
+
+/// Value of `cilium_ipcache_v1` (`struct ipcache_value`), 12 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheValue {
+    /// Security identity of the prefix.
+    pub sec_identity: u32,
+    /// Tunnel endpoint (node address), network order; 0 if none.
+    pub tunnel_endpoint: u32,
+    /// Flags (reserved, 0).
+    pub flags: u8,
+    /// Padding, keep 0.
+    pub pad: [u8; 3],
+}
+
+/// Key of `cilium_ct4_v1`/`cilium_ct_any4_v1` (`struct ct_key4`), 16 bytes.
+/// Addresses and ports in network byte order, tuple of the packet that created the entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CtKey4 {
+    /// Source address (network order).
+    pub saddr: u32,
+    /// Destination address (network order).
+    pub daddr: u32,
+    /// Source port (network order); ICMP echo id for requests.
+    pub sport: u16,
+    /// Destination port (network order); ICMP echo id for replies.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Key flags (reserved, 0).
+    pub flags: u8,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+impl CtKey4 {
+    /// Source address.
+    pub fn src(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.saddr.to_ne_bytes())
+    }
+    /// Destination address.
+    pub fn dst(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.daddr.to_ne_bytes())
+    }
+    /// Source port in host order.
+    pub fn src_port(&self) -> u16 {
+        u16::from_be(self.sport)
+    }
+    /// Destination port in host order.
+    pub fn dst_port(&self) -> u16 {
+        u16::from_be(self.dport)
+    }
+}
+
+/// `ct_entry4.flags`: TCP ACK seen both ways.
+pub const CT_F_ESTABLISHED: u16 = 1;
+/// `ct_entry4.flags`: TCP RST seen or FIN both ways.
+pub const CT_F_CLOSING: u16 = 2;
+
+/// Value of the CT maps (`struct ct_entry4`), 64 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CtEntry4 {
+    /// Packets in the original direction.
+    pub tx_packets: u64,
+    /// Bytes in the original direction.
+    pub tx_bytes: u64,
+    /// Packets in the reply direction.
+    pub rx_packets: u64,
+    /// Bytes in the reply direction.
+    pub rx_bytes: u64,
+    /// Creation time, ns of CLOCK_BOOTTIME.
+    pub created_ns: u64,
+    /// Expiry, seconds of CLOCK_BOOTTIME.
+    pub lifetime: u32,
+    /// Identity of the connection's source.
+    pub src_sec_identity: u32,
+    /// TCP flags seen in the original direction.
+    pub tx_flags_seen: u8,
+    /// TCP flags seen in the reply direction.
+    pub rx_flags_seen: u8,
+    /// `CT_F_*`.
+    pub flags: u16,
+    /// Seconds of last trace report (aggregation).
+    pub last_report: u32,
+    /// Reserved.
+    pub reserved: u64,
+}
+
+/// Key of `cilium_metrics_v1` (`struct metrics_key`), 4 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MetricsKey {
+    /// 0 = forwarded, else a [`crate::DropReason`] code.
+    pub reason: u8,
+    /// 1 ingress, 2 egress.
+    pub dir: u8,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// Value of `cilium_metrics_v1` (`struct metrics_value`), per CPU, 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MetricsValue {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Value of `cilium_config_v1[0]` (`struct dp_config`), 24 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DpConfig {
+    /// TCP lifetime until established, seconds.
+    pub ct_lifetime_tcp_syn: u32,
+    /// Established TCP lifetime, seconds.
+    pub ct_lifetime_tcp: u32,
+    /// TCP lifetime after RST/FIN, seconds.
+    pub ct_lifetime_tcp_close: u32,
+    /// Non-TCP lifetime, seconds.
+    pub ct_lifetime_any: u32,
+    /// `EVENT_F_*` bits.
+    pub event_flags: u32,
+    /// Padding, keep 0.
+    pub pad: u32,
+}
+
+/// Ring-buffer record (`struct cilium_event`), version 1, 56 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RawEvent {
+    /// `EVENT_TYPE_*`.
+    pub r#type: u8,
+    /// Drop reason / trace observation point.
+    pub subtype: u8,
+    /// Layout version.
+    pub version: u8,
+    /// 1 ingress, 2 egress.
+    pub dir: u8,
+    /// Reporting endpoint.
+    pub ep_id: u16,
+    /// Destination endpoint.
+    pub dst_ep_id: u16,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// Packet length.
+    pub pkt_len: u32,
+    /// CLOCK_BOOTTIME ns.
+    pub ts_ns: u64,
+    /// Source (network order).
+    pub saddr: u32,
+    /// Destination (network order).
+    pub daddr: u32,
+    /// Source port (network order).
+    pub sport: u16,
+    /// Destination port (network order).
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Conntrack status.
+    pub ct_status: u8,
+    /// TCP flags of the packet.
+    pub tcp_flags: u8,
+    /// Padding.
+    pub pad: u8,
+    /// Source identity.
+    pub src_identity: u32,
+    /// Destination identity.
+    pub dst_identity: u32,
+    /// Local delivery interface.
+    pub dst_ifindex: u32,
+    /// Policy verdict (0 allow, else -reason).
+    pub verdict: i32,
+}
+
+pod!(
+    EndpointKey,
+    EndpointInfo,
+    IpcacheKey,
+    IpcacheValue,
+    CtKey4,
+    CtEntry4,
+    MetricsKey,
+    MetricsValue,
+    DpConfig,
+    RawEvent
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skel::types as c;
+    use std::mem::offset_of;
+
+    /// Size and every field offset must equal the C layout (BTF-generated types).
+    macro_rules! same_layout {
+        ($rust:ty, $c:ty, [$($f:ident),* $(,)?]) => {{
+            assert_eq!(size_of::<$rust>(), size_of::<$c>(), "size of {}", stringify!($rust));
+            $(assert_eq!(
+                offset_of!($rust, $f), offset_of!($c, $f),
+                "offset of {}.{}", stringify!($rust), stringify!($f)
+            );)*
+        }};
+    }
+
+    #[test]
+    fn mirrors_match_c_layout() {
+        same_layout!(EndpointKey, c::endpoint_key, [ip4]);
+        same_layout!(
+            EndpointInfo,
+            c::endpoint_info,
+            [ifindex, ep_id, flags, mac, node_mac, sec_identity]
+        );
+        same_layout!(IpcacheKey, c::ipcache_key, [prefixlen, ip4]);
+        same_layout!(
+            IpcacheValue,
+            c::ipcache_value,
+            [sec_identity, tunnel_endpoint, flags, pad]
+        );
+        same_layout!(
+            CtKey4,
+            c::ct_key4,
+            [saddr, daddr, sport, dport, proto, flags, pad]
+        );
+        same_layout!(
+            CtEntry4,
+            c::ct_entry4,
+            [
+                tx_packets,
+                tx_bytes,
+                rx_packets,
+                rx_bytes,
+                created_ns,
+                lifetime,
+                src_sec_identity,
+                tx_flags_seen,
+                rx_flags_seen,
+                flags,
+                last_report,
+                reserved
+            ]
+        );
+        same_layout!(MetricsKey, c::metrics_key, [reason, dir, pad]);
+        same_layout!(MetricsValue, c::metrics_value, [packets, bytes]);
+        same_layout!(
+            DpConfig,
+            c::dp_config,
+            [
+                ct_lifetime_tcp_syn,
+                ct_lifetime_tcp,
+                ct_lifetime_tcp_close,
+                ct_lifetime_any,
+                event_flags,
+                pad
+            ]
+        );
+        same_layout!(
+            RawEvent,
+            c::cilium_event,
+            [
+                r#type,
+                subtype,
+                version,
+                dir,
+                ep_id,
+                dst_ep_id,
+                ifindex,
+                pkt_len,
+                ts_ns,
+                saddr,
+                daddr,
+                sport,
+                dport,
+                proto,
+                ct_status,
+                tcp_flags,
+                pad,
+                src_identity,
+                dst_identity,
+                dst_ifindex,
+                verdict
+            ]
+        );
+    }
+
+    #[test]
+    fn documented_sizes() {
+        assert_eq!(size_of::<EndpointInfo>(), 24);
+        assert_eq!(size_of::<IpcacheKey>(), 8);
+        assert_eq!(size_of::<IpcacheValue>(), 12);
+        assert_eq!(size_of::<CtKey4>(), 16);
+        assert_eq!(size_of::<CtEntry4>(), 64);
+        assert_eq!(size_of::<MetricsKey>(), 4);
+        assert_eq!(size_of::<MetricsValue>(), 16);
+        assert_eq!(size_of::<DpConfig>(), 24);
+        assert_eq!(size_of::<RawEvent>(), 56);
+    }
+
+    #[test]
+    fn keys_round_trip_addresses() {
+        let ip = Ipv4Addr::new(10, 244, 1, 7);
+        assert_eq!(EndpointKey::new(ip).ip(), ip);
+        assert_eq!(EndpointKey::new(ip).as_bytes(), &[10, 244, 1, 7]);
+        let k = IpcacheKey::new(ip, 24);
+        assert_eq!(k.ip(), Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(k.prefixlen, 24);
+        assert_eq!(IpcacheKey::new(ip, 0).ip(), Ipv4Addr::UNSPECIFIED);
+        let info = EndpointInfo {
+            ifindex: 7,
+            ep_id: 3,
+            ..Default::default()
+        };
+        assert_eq!(EndpointInfo::from_bytes(info.as_bytes()), Some(info));
+        assert_eq!(EndpointInfo::from_bytes(&[0; 3]), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! `ciliumctl`: the command-line client of cilium-agent. It talks to the agent's REST API over
+//! its unix socket (`--socket` / env `CILIUM_SOCKET`) and renders answers as a table, JSON or
+//! YAML (`-o`).
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cilium_api::Client;
+use cilium_api::models::{CellHealth, HealthLevel, Status};
+use clap::{Parser, Subcommand};
+
+use crate::output::{Format, Table, cell, print_structured};
+
+/// Command-line client of cilium-agent.
+#[derive(Debug, Parser)]
+#[command(name = "ciliumctl", version, about, long_about = None)]
+struct Cli {
+    /// Path of the agent's API socket.
+    #[arg(long, global = true, env = "CILIUM_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the agent's state and the health of its cells.
+    ///
+    /// Example: `ciliumctl status --verbose`
+    Status {
+        /// List every cell, not only the unhealthy ones.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Show a statedb table with each object's reconcile status.
+    ///
+    /// Example: `ciliumctl db health -o json`
+    Db {
+        /// Table name (`ciliumctl status --verbose` lists them).
+        table: String,
+    },
+    /// Show the agent's effective configuration, per cell.
+    ///
+    /// Example: `ciliumctl config -o yaml`
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::from_env(cli.socket.as_deref());
+    match cli.command {
+        Command::Status { verbose } => status(&client, cli.output, verbose).await,
+        Command::Db { table } => db(&client, cli.output, &table).await,
+        Command::Config => config(&client, cli.output).await,
+    }
+}
+
+fn level_name(level: HealthLevel) -> &'static str {
+    match level {
+        HealthLevel::Unknown => "unknown",
+        HealthLevel::Ok => "ok",
+        HealthLevel::Degraded => "degraded",
+        HealthLevel::Stopped => "stopped",
+    }
+}
+
+async fn status(client: &Client, format: Format, verbose: bool) -> anyhow::Result<ExitCode> {
+    let status: Status = client.status().await?;
+    if print_structured(format, &status)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let healthy = status
+        .cells
+        .iter()
+        .filter(|c| c.level == HealthLevel::Ok)
+        .count();
+    println!(
+        "Agent:     {}   (version {}, up {}s)",
+        status.state, status.version, status.uptime_seconds
+    );
+    if let Some(dp) = &status.datapath {
+        let features: Vec<String> = dp
+            .features
+            .iter()
+            .map(|(k, v)| format!("{k}={}", if *v { "yes" } else { "no" }))
+            .collect();
+        println!(
+            "Datapath:  {} ({}), bpf root {}, kernel features: {}",
+            dp.mode,
+            dp.attach,
+            dp.bpf_root,
+            features.join(" ")
+        );
+    }
+    println!("Cells:     {healthy}/{} healthy", status.cells.len());
+    let objects: u64 = status.tables.iter().map(|t| t.objects).sum();
+    println!(
+        "Tables:    {} tables, {objects} objects",
+        status.tables.len()
+    );
+    let shown: Vec<&CellHealth> = status
+        .cells
+        .iter()
+        .filter(|c| verbose || c.level != HealthLevel::Ok)
+        .collect();
+    if !shown.is_empty() {
+        println!();
+        let mut t = Table::new(["CELL", "LEVEL", "MESSAGE", "ERROR", "UPDATED"]);
+        for c in shown {
+            t.row([
+                c.id.clone(),
+                level_name(c.level).to_string(),
+                c.message.clone(),
+                c.error.clone().unwrap_or_default(),
+                c.updated_at.clone(),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    if verbose {
+        println!();
+        let mut t = Table::new(["TABLE", "OBJECTS", "REVISION"]);
+        for tb in &status.tables {
+            t.row([
+                tb.name.clone(),
+                tb.objects.to_string(),
+                tb.revision.to_string(),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn db(client: &Client, format: Format, table: &str) -> anyhow::Result<ExitCode> {
+    let dump = client.db_table(table).await?;
+    if print_structured(format, &dump)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Columns are the union of the objects' top-level keys, in first-seen order.
+    let mut columns: Vec<String> = Vec::new();
+    for obj in &dump.objects {
+        if let Some(map) = obj.as_object() {
+            for k in map.keys() {
+                if !columns.contains(k) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut t = Table::new(columns.iter().map(|c| c.to_uppercase()));
+    for obj in &dump.objects {
+        t.row(
+            columns
+                .iter()
+                .map(|c| cell(obj.get(c).unwrap_or(&serde_json::Value::Null))),
+        );
+    }
+    print!("{}", t.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn config(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
+    let cfg = client.config().await?;
+    if print_structured(format, &cfg)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = Table::new(["CELL", "KEY", "VALUE"]);
+    if let Some(cells) = cfg.as_object() {
+        for (cell_name, values) in cells {
+            match values.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        t.row([cell_name.clone(), k.clone(), cell(v)]);
+                    }
+                }
+                None => t.row([cell_name.clone(), String::new(), cell(values)]),
+            }
+        }
+    }
+    print!("{}", t.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}
