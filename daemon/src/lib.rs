@@ -28,24 +28,26 @@ impl AgentInfo {
 
 /// Every cell of the agent, in the order they are declared.
 pub fn agent_cells(log: Arc<logging::LogControl>) -> Vec<BoxCell> {
-    vec![Module::new(
-        "agent",
-        "cilium-rs node agent",
-        vec![Module::new(
-            "infra",
-            "API server, metrics, logging",
-            vec![
-                Provide::arc(log),
-                Provide::value(AgentInfo {
-                    started: Instant::now(),
-                    version: env!("CARGO_PKG_VERSION"),
-                }),
-                logging::cell(),
-                metrics_server::cell(),
-                api::cell(),
-            ],
-        )],
-    )]
+    let infra = Module::new(
+        "infra",
+        "API server, metrics, logging",
+        vec![
+            Provide::arc(log),
+            Provide::value(AgentInfo {
+                started: Instant::now(),
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+            logging::cell(),
+            metrics_server::cell(),
+            api::cell(),
+        ],
+    );
+    let cells: Vec<BoxCell> = vec![
+        infra,
+        // Control plane and datapath cells: each cell crate adds its `cell()` below.
+        cilium_node::cell(),
+    ];
+    vec![Module::new("agent", "cilium-rs node agent", cells)]
 }
 
 /// The agent's hive.

@@ -1,0 +1,1 @@
+//! cilium-datapath (being written)

@@ -1,0 +1,1 @@
+//! cilium-endpoint (being written)

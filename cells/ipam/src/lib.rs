@@ -1,0 +1,1 @@
+//! cilium-ipam (being written)

@@ -1,0 +1,1 @@
+//! cilium-ipcache (being written)

@@ -1,0 +1,1 @@
+//! cilium-resources (being written)
