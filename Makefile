@@ -40,4 +40,5 @@ test: deps
 	$(CARGO) test --workspace --no-fail-fast
 
 bench: deps
-	$(CARGO) run --release -p cilium-bench --bin bench-all
+	$(CARGO) build --release -p cilium-bench --bins
+	./target/release/bench-all

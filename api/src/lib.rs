@@ -3,6 +3,8 @@
 //! `ciliumctl` and `cilium-cni` over the agent's unix socket.
 
 pub mod client;
+mod client_datapath;
+mod client_resources;
 pub mod error;
 pub mod models;
 pub mod routes;

@@ -2,7 +2,12 @@
 //! its unix socket (`--socket` / env `CILIUM_SOCKET`) and renders answers as a table, JSON or
 //! YAML (`-o`).
 
+mod bpf;
+mod endpoint;
+mod metrics;
+mod monitor;
 mod output;
+mod resources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +59,60 @@ enum Command {
     ///
     /// Example: `ciliumctl config -o yaml`
     Config,
+    /// Show decoded BPF map contents.
+    ///
+    /// Example: `ciliumctl bpf ct list`
+    Bpf {
+        #[command(subcommand)]
+        map: bpf::BpfCommand,
+    },
+    /// Stream live datapath events (drops, traces, policy verdicts) until Ctrl-C.
+    ///
+    /// Example: `ciliumctl monitor --type drop -o json`
+    Monitor {
+        /// Only events of this type.
+        #[arg(long = "type", value_enum)]
+        kind: Option<monitor::MonitorType>,
+    },
+    /// Show the agent's and the datapath's metrics (Prometheus registry).
+    ///
+    /// Example: `ciliumctl metrics -o json`
+    Metrics,
+    /// Create or update the objects of a YAML or JSON file (Namespace, Pod, ...), all or nothing.
+    ///
+    /// Example: `ciliumctl apply -f pods.yaml` or `cat pods.yaml | ciliumctl apply -f -`
+    Apply {
+        /// File with one or more documents (`---`-separated YAML, JSON, or `kind: List`); `-` reads stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: PathBuf,
+    },
+    /// Delete the objects a YAML or JSON file names; missing objects are reported, not errors.
+    ///
+    /// Example: `ciliumctl delete -f pods.yaml`
+    Delete {
+        /// File naming the objects (same formats as `apply`); `-` reads stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: PathBuf,
+    },
+    /// Show the agent's endpoints (one per pod interface).
+    ///
+    /// Example: `ciliumctl endpoint list` or `ciliumctl endpoint get 412 -o yaml`
+    Endpoint {
+        #[command(subcommand)]
+        cmd: endpoint::EndpointCmd,
+    },
+    /// Show stored objects of a kind (pods, namespaces, ...).
+    ///
+    /// Example: `ciliumctl get pods -n shop` or `ciliumctl get pod frontend -n shop -o yaml`
+    Get {
+        /// Kind: pod/pods/po, namespace/namespaces/ns, or any kind the agent knows.
+        kind: String,
+        /// Only the object with this name.
+        name: Option<String>,
+        /// Only objects in this namespace.
+        #[arg(short = 'n', long = "namespace", value_name = "NS")]
+        namespace: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +142,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { verbose } => status(&client, cli.output, verbose).await,
         Command::Db { table } => db(&client, cli.output, &table).await,
         Command::Config => config(&client, cli.output).await,
+        Command::Bpf { map } => bpf::run(&client, cli.output, map).await,
+        Command::Monitor { kind } => monitor::run(&client, cli.output, kind).await,
+        Command::Metrics => metrics::run(&client, cli.output).await,
+        Command::Endpoint { cmd } => endpoint::run(&client, cli.output, cmd).await,
+        Command::Apply { file } => resources::apply(&client, cli.output, &file).await,
+        Command::Delete { file } => resources::delete(&client, cli.output, &file).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+        } => {
+            resources::get(
+                &client,
+                cli.output,
+                &kind,
+                name.as_deref(),
+                namespace.as_deref(),
+            )
+            .await
+        }
     }
 }
 
@@ -168,9 +247,18 @@ async fn db(client: &Client, format: Format, table: &str) -> anyhow::Result<Exit
     if print_structured(format, &dump)? {
         return Ok(ExitCode::SUCCESS);
     }
-    // Columns are the union of the objects' top-level keys, in first-seen order.
+    // Each object comes as {revision, object}; columns are the union of the objects' own
+    // top-level keys in first-seen order, then the revision.
+    let rows: Vec<(&serde_json::Value, &serde_json::Value)> = dump
+        .objects
+        .iter()
+        .map(|o| match (o.get("object"), o.get("revision")) {
+            (Some(obj), Some(rev)) => (obj, rev),
+            _ => (o, &serde_json::Value::Null),
+        })
+        .collect();
     let mut columns: Vec<String> = Vec::new();
-    for obj in &dump.objects {
+    for (obj, _) in &rows {
         if let Some(map) = obj.as_object() {
             for k in map.keys() {
                 if !columns.contains(k) {
@@ -179,16 +267,32 @@ async fn db(client: &Client, format: Format, table: &str) -> anyhow::Result<Exit
             }
         }
     }
-    let mut t = Table::new(columns.iter().map(|c| c.to_uppercase()));
-    for obj in &dump.objects {
-        t.row(
-            columns
-                .iter()
-                .map(|c| cell(obj.get(c).unwrap_or(&serde_json::Value::Null))),
-        );
+    let header = columns
+        .iter()
+        .map(|c| c.to_uppercase())
+        .chain(std::iter::once("REVISION".to_string()));
+    let mut t = Table::new(header);
+    for (obj, rev) in &rows {
+        let cells = columns
+            .iter()
+            .map(|c| db_cell(obj.get(c).unwrap_or(&serde_json::Value::Null)))
+            .chain(std::iter::once(cell(rev)));
+        t.row(cells);
     }
     print!("{}", t.render());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A table cell; a reconcile status `{kind, updated_at, error}` shows as `done`, `pending`,
+/// or `error: <message>`.
+fn db_cell(v: &serde_json::Value) -> String {
+    if let (Some(kind), Some(_)) = (v.get("kind").and_then(|k| k.as_str()), v.get("updated_at")) {
+        return match v.get("error").and_then(|e| e.as_str()) {
+            Some(err) if !err.is_empty() => format!("{}: {err}", kind.to_lowercase()),
+            _ => kind.to_lowercase(),
+        };
+    }
+    cell(v)
 }
 
 async fn config(client: &Client, format: Format) -> anyhow::Result<ExitCode> {

@@ -28,7 +28,23 @@ impl AgentInfo {
 
 /// Every cell of the agent, in the order they are declared.
 pub fn agent_cells(log: Arc<logging::LogControl>) -> Vec<BoxCell> {
-    let infra = Module::new(
+    let cells: Vec<BoxCell> = vec![
+        infra_cell(log),
+        // Control plane and datapath cells: each cell crate adds its `cell()` below.
+        cilium_ipam::cell(),
+        cilium_resources::cell(),
+        cilium_datapath::cell(),
+        cilium_ipcache::cell(),
+        cilium_endpoint::cell(),
+        cilium_node::cell(),
+    ];
+    vec![Module::new("agent", "cilium-rs node agent", cells)]
+}
+
+/// The infrastructure module: logging, metrics endpoint, API server. Needs no privileges, so
+/// tests can build a hive of just this.
+pub fn infra_cell(log: Arc<logging::LogControl>) -> BoxCell {
+    Module::new(
         "infra",
         "API server, metrics, logging",
         vec![
@@ -41,13 +57,7 @@ pub fn agent_cells(log: Arc<logging::LogControl>) -> Vec<BoxCell> {
             metrics_server::cell(),
             api::cell(),
         ],
-    );
-    let cells: Vec<BoxCell> = vec![
-        infra,
-        // Control plane and datapath cells: each cell crate adds its `cell()` below.
-        cilium_node::cell(),
-    ];
-    vec![Module::new("agent", "cilium-rs node agent", cells)]
+    )
 }
 
 /// The agent's hive.

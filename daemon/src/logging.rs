@@ -12,6 +12,7 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// Logging flags.
 #[derive(Debug, Clone, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct LogConfig {
     /// Log level or tracing filter (error, warn, info, debug, trace, or `info,statedb=debug`).
     #[arg(long = "log-level", default_value = "info")]

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 /// Metrics flags.
 #[derive(Debug, Clone, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct MetricsConfig {
     /// Address of the Prometheus endpoint; empty to disable.
     #[arg(long = "prometheus-listen", default_value = "127.0.0.1:9962")]

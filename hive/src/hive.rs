@@ -143,27 +143,37 @@ impl Hive {
     /// A hive made of `cells`. Nothing runs until populate/start/run.
     /// Health goes to the statedb table `health` of the hive's `Db`.
     pub fn new(cells: Vec<BoxCell>) -> Self {
-        let db = Db::new();
+        // statedb's metrics go to the hive's registry, so `/metrics` shows them.
+        let registry = Arc::new(Registry::new());
+        let db = Db::with_metrics(&registry).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot register statedb metrics; continuing without them");
+            Db::new()
+        });
         match StatedbHealthStore::new(&db) {
             Ok(store) => {
                 let table = store.table();
-                let mut hive = Self::build(cells, Arc::new(store), db);
+                let mut hive = Self::build(cells, Arc::new(store), db, registry);
                 hive.health_table = Some(table);
                 hive
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register the health table; keeping health in memory");
-                Self::build(cells, Arc::new(MemoryHealthStore::default()), db)
+                Self::build(cells, Arc::new(MemoryHealthStore::default()), db, registry)
             }
         }
     }
 
     /// A hive whose health reports go to `store` (no `health` table is registered).
     pub fn with_health_store(cells: Vec<BoxCell>, store: Arc<dyn HealthStore>) -> Self {
-        Self::build(cells, store, Db::new())
+        Self::build(cells, store, Db::new(), Arc::new(Registry::new()))
     }
 
-    fn build(cells: Vec<BoxCell>, store: Arc<dyn HealthStore>, db: Db) -> Self {
+    fn build(
+        cells: Vec<BoxCell>,
+        store: Arc<dyn HealthStore>,
+        db: Db,
+        registry: Arc<Registry>,
+    ) -> Self {
         Hive {
             cells,
             db,
@@ -175,7 +185,7 @@ impl Hive {
                 shutdowner: Shutdowner::default(),
             },
             health_store: store,
-            registry: Arc::new(Registry::new()),
+            registry,
             populated: Mutex::new(None),
         }
     }

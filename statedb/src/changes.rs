@@ -112,21 +112,18 @@ impl<T: Object> ChangeIterator<T> {
                 break;
             }
             let next = if take_up {
-                ups.next().map(|(r, k)| (*r, k, false))
+                ups.next().map(|(r, e)| (*r, e, false))
             } else {
-                dels.next().map(|(r, k)| (*r, k, true))
+                dels.next().map(|(r, e)| (*r, e, true))
             };
-            let Some((rev, key, deleted)) = next else {
+            let Some((rev, e, deleted)) = next else {
                 break;
             };
-            let map = if deleted { &s.graveyard } else { &s.primary };
-            if let Some(e) = map.get(&key[..]) {
-                out.push(Change {
-                    object: e.obj.clone(),
-                    revision: rev,
-                    deleted,
-                });
-            }
+            out.push(Change {
+                object: e.obj.clone(),
+                revision: rev,
+                deleted,
+            });
             self.upsert_rev = self.upsert_rev.max(rev);
             self.delete_rev = self.delete_rev.max(rev);
         }

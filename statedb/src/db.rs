@@ -206,7 +206,7 @@ impl Db {
         // Locked tables cannot change under us, so this root holds their latest state.
         let root = self.0.root.load_full();
         let mut slots = SmallVec::new();
-        for (m, guard) in metas.iter().zip(guards) {
+        for (m, guard) in metas.into_iter().zip(guards) {
             let txn = root
                 .tables
                 .get(m.id())
@@ -217,7 +217,7 @@ impl Db {
             slots.push(Slot {
                 id: m.id(),
                 txn,
-                name: m.name().to_string(),
+                meta: m,
                 _guard: guard,
             });
         }

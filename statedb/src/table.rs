@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use imbl::{OrdMap, OrdSet};
 use parking_lot::Mutex;
 
-use crate::index::{Index, Key, Query};
+use crate::index::{IKey, Index, Key, Query};
 use crate::txn::Txn;
 use crate::watch::Watch;
 use crate::{Object, Revision};
@@ -136,11 +136,14 @@ impl<T> TableMeta<T> {
 /// The state of one table inside one snapshot. Cloning is O(1) (persistent maps).
 pub(crate) struct TableState<T> {
     pub(crate) meta: Arc<TableMeta<T>>,
-    pub(crate) primary: OrdMap<Key, Entry<T>>,
-    pub(crate) by_rev: OrdMap<Revision, Key>,
+    pub(crate) primary: OrdMap<IKey, Entry<T>>,
+    /// Live entries by revision (the same `Arc`s as in `primary`), so change
+    /// iteration needs no second lookup through the primary index.
+    pub(crate) by_rev: OrdMap<Revision, Entry<T>>,
     pub(crate) secondary: Vec<OrdSet<(Key, Key)>>,
-    pub(crate) graveyard: OrdMap<Key, Entry<T>>,
-    pub(crate) graveyard_rev: OrdMap<Revision, Key>,
+    pub(crate) graveyard: OrdMap<IKey, Entry<T>>,
+    /// Graveyard entries by deletion revision (the same `Arc`s as in `graveyard`).
+    pub(crate) graveyard_rev: OrdMap<Revision, Entry<T>>,
     pub(crate) revision: Revision,
     pub(crate) watch: Watch,
     pub(crate) pending_inits: OrdMap<u64, String>,
@@ -343,13 +346,13 @@ impl<T: Object> Table<T> {
     pub fn get<X: Txn + ?Sized>(&self, txn: &X, q: &Query) -> Option<ObjRef<T>> {
         let s = self.state(txn)?;
         match self.meta.index_pos(q.index).ok()? {
-            None => s.primary.get(&q.key[..]).map(|e| ObjRef(e.clone())),
+            None => s.primary.get(&IKey::new(&q.key)).map(|e| ObjRef(e.clone())),
             Some(p) => {
                 let (sk, pk) = sec_range(&s.secondary[p], &q.key).next()?;
                 if *sk != q.key {
                     return None;
                 }
-                s.primary.get(pk).map(|e| ObjRef(e.clone()))
+                s.primary.get(&IKey::new(pk)).map(|e| ObjRef(e.clone()))
             }
         }
     }
@@ -375,7 +378,7 @@ impl<T: Object> Table<T> {
             Err(()) => Box::new(std::iter::empty()),
             Ok(None) => Box::new(
                 s.primary
-                    .get(&q.key[..])
+                    .get(&IKey::new(&q.key))
                     .map(|e| ObjRef(e.clone()))
                     .into_iter(),
             ),
@@ -384,7 +387,7 @@ impl<T: Object> Table<T> {
                 Box::new(
                     sec_range(&s.secondary[p], &q.key)
                         .take_while(move |(sk, _)| *sk == key)
-                        .filter_map(|(_, pk)| s.primary.get(pk).map(|e| ObjRef(e.clone()))),
+                        .filter_map(|(_, pk)| s.primary.get(&IKey::new(pk)).map(|e| ObjRef(e.clone()))),
                 )
             }
         }
@@ -409,14 +412,14 @@ impl<T: Object> Table<T> {
             Err(()) => Box::new(std::iter::empty()),
             Ok(None) => Box::new(
                 s.primary
-                    .range::<_, [u8]>((Bound::Included(&q.key[..]), Bound::Unbounded))
+                    .range((Bound::Included(IKey::new(&q.key)), Bound::Unbounded))
                     .take_while(move |(k, _)| k.starts_with(&prefix))
                     .map(|(_, e)| ObjRef(e.clone())),
             ),
             Ok(Some(p)) => Box::new(
                 sec_range(&s.secondary[p], &q.key)
                     .take_while(move |(sk, _)| sk.starts_with(&prefix))
-                    .filter_map(|(_, pk)| s.primary.get(pk).map(|e| ObjRef(e.clone()))),
+                    .filter_map(|(_, pk)| s.primary.get(&IKey::new(pk)).map(|e| ObjRef(e.clone()))),
             ),
         }
     }
@@ -439,12 +442,12 @@ impl<T: Object> Table<T> {
             Err(()) => Box::new(std::iter::empty()),
             Ok(None) => Box::new(
                 s.primary
-                    .range::<_, [u8]>((Bound::Included(&q.key[..]), Bound::Unbounded))
+                    .range((Bound::Included(IKey::new(&q.key)), Bound::Unbounded))
                     .map(|(_, e)| ObjRef(e.clone())),
             ),
             Ok(Some(p)) => Box::new(
                 sec_range(&s.secondary[p], &q.key)
-                    .filter_map(|(_, pk)| s.primary.get(pk).map(|e| ObjRef(e.clone()))),
+                    .filter_map(|(_, pk)| s.primary.get(&IKey::new(pk)).map(|e| ObjRef(e.clone()))),
             ),
         }
     }

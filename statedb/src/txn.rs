@@ -7,7 +7,7 @@ use parking_lot::RawMutex;
 use parking_lot::lock_api::ArcMutexGuard;
 use smallvec::SmallVec;
 
-use crate::db::Db;
+use crate::db::{Db, MetaDyn};
 use crate::table::{AnyTableState, TableMeta};
 use crate::write::{TableTxn, TableTxnDyn};
 use crate::{Error, Object, Result};
@@ -74,7 +74,7 @@ pub(crate) struct Slot {
     pub(crate) id: usize,
     // Field order matters: the txn state drops before the lock is released.
     pub(crate) txn: Box<dyn TableTxnDyn>,
-    pub(crate) name: String,
+    pub(crate) meta: Arc<dyn MetaDyn>,
     pub(crate) _guard: ArcMutexGuard<RawMutex, ()>,
 }
 
@@ -89,7 +89,7 @@ pub struct WriteTxn {
 
 impl std::fmt::Debug for WriteTxn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = self.slots.iter().map(|s| s.meta.name()).collect();
         f.debug_struct("WriteTxn").field("tables", &names).finish()
     }
 }
@@ -165,7 +165,7 @@ impl WriteTxn {
         if let Some(m) = &inner.metrics {
             let secs = self.started.elapsed().as_secs_f64();
             for slot in slots.iter() {
-                m.observe_commit(&slot.name, secs, slot.txn.state(), slot.txn.tracker_count());
+                m.observe_commit(slot.meta.name(), secs, slot.txn.state(), slot.txn.tracker_count());
             }
         }
         drop(slots);

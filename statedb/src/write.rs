@@ -5,8 +5,10 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::index::Key;
-use crate::table::{AnyTableState, Entry, Table, TableState, new_entry};
+use smallvec::SmallVec;
+
+use crate::index::{IKey, Index, Key, KeySet};
+use crate::table::{AnyTableState, Entry, Table, TableMeta, TableState, new_entry};
 use crate::txn::WriteTxn;
 use crate::watch::Watch;
 use crate::{Error, Object, Result, Revision};
@@ -26,6 +28,10 @@ pub(crate) trait TableTxnDyn: Send {
 
 pub(crate) struct TableTxn<T> {
     pub(crate) state: TableState<T>,
+    /// The table's metadata (kept beside `state` so both can be borrowed at once).
+    meta: Arc<TableMeta<T>>,
+    /// True if some secondary index is unique (inserts must check for conflicts).
+    unique_secondary: bool,
     replaced: Vec<Entry<T>>,
     changed: bool,
     pub(crate) has_trackers: bool,
@@ -45,9 +51,13 @@ enum Expect {
 
 impl<T: Object> TableTxn<T> {
     pub(crate) fn new(state: TableState<T>) -> Self {
-        let has_trackers = !state.meta.trackers.lock().is_empty();
+        let meta = state.meta.clone();
+        let has_trackers = !meta.trackers.lock().is_empty();
+        let unique_secondary = meta.secondary.iter().any(Index::is_unique);
         TableTxn {
             state,
+            meta,
+            unique_secondary,
             replaced: Vec::new(),
             changed: false,
             has_trackers,
@@ -57,17 +67,14 @@ impl<T: Object> TableTxn<T> {
         }
     }
 
-    fn check_rev(&self, key: &[u8], old: Option<&Entry<T>>, expect: &Expect) -> Result<()> {
-        let Expect::Revision(rev) = *expect else {
-            return Ok(());
-        };
+    fn check_rev(&self, key: &[u8], old: Option<&Entry<T>>, rev: Revision) -> Result<()> {
         match old {
             None => Err(Error::ObjectNotFound {
-                table: self.state.meta.name.clone(),
+                table: self.meta.name.clone(),
                 key: lossy(key),
             }),
             Some(e) if e.rev != rev => Err(Error::RevisionMismatch {
-                table: self.state.meta.name.clone(),
+                table: self.meta.name.clone(),
                 key: lossy(key),
                 expected: rev,
                 found: e.rev,
@@ -77,8 +84,7 @@ impl<T: Object> TableTxn<T> {
     }
 
     fn remove_secondary(&mut self, pk: &Key, obj: &T) {
-        let meta = self.state.meta.clone();
-        for (i, idx) in meta.secondary.iter().enumerate() {
+        for (i, idx) in self.meta.secondary.iter().enumerate() {
             for k in idx.keys(obj) {
                 self.state.secondary[i].remove(&(k, pk.clone()));
             }
@@ -86,12 +92,53 @@ impl<T: Object> TableTxn<T> {
     }
 
     fn insert(&mut self, obj: Arc<T>, expect: Expect) -> Result<Option<Arc<T>>> {
-        let meta = self.state.meta.clone();
-        let pk = meta.primary.primary_key(&obj);
-        let old = self.state.primary.get(&pk[..]).cloned();
-        self.check_rev(&pk, old.as_ref(), &expect)?;
-        let new_keys: Vec<_> = meta.secondary.iter().map(|i| i.keys(&obj)).collect();
-        for (i, idx) in meta.secondary.iter().enumerate() {
+        let pk = self.meta.primary.primary_key(&obj);
+        let ik = IKey::new(&pk);
+        if let Expect::Revision(rev) = expect {
+            self.check_rev(&pk, self.state.primary.get(&ik), rev)?;
+        }
+        let new_keys: SmallVec<[KeySet; 2]> =
+            self.meta.secondary.iter().map(|i| i.keys(&obj)).collect();
+        if self.unique_secondary {
+            self.check_unique(&pk, &new_keys)?;
+        }
+        let rev = self.state.revision + 1;
+        self.state.revision = rev;
+        let entry = new_entry(obj, rev);
+        if !self.state.graveyard.is_empty()
+            && let Some(g) = self.state.graveyard.remove(&ik)
+        {
+            self.state.graveyard_rev.remove(&g.rev);
+        }
+        self.state.by_rev.insert(rev, entry.clone());
+        // One lookup: insert returns the version it replaced.
+        let old = if new_keys.is_empty() {
+            self.state.primary.insert(ik, entry)
+        } else {
+            let old = self.state.primary.insert(ik, entry);
+            if let Some(old) = &old {
+                self.remove_secondary(&pk, &old.obj);
+            }
+            for (i, keys) in new_keys.into_iter().enumerate() {
+                for k in keys {
+                    self.state.secondary[i].insert((k, pk.clone()));
+                }
+            }
+            old
+        };
+        self.changed = true;
+        Ok(old.map(|e| {
+            self.state.by_rev.remove(&e.rev);
+            let o = e.obj.clone();
+            self.replaced.push(e);
+            o
+        }))
+    }
+
+    /// Errors with [`Error::UniqueConflict`] if another object holds one of `new_keys`
+    /// in a unique secondary index.
+    fn check_unique(&self, pk: &Key, new_keys: &[KeySet]) -> Result<()> {
+        for (i, idx) in self.meta.secondary.iter().enumerate() {
             if !idx.is_unique() {
                 continue;
             }
@@ -101,57 +148,38 @@ impl<T: Object> TableTxn<T> {
                     self.state.secondary[i].range((Bound::Included(from), Bound::Unbounded));
                 if let Some((sk, spk)) = hits.next()
                     && sk == k
-                    && *spk != pk
+                    && spk != pk
                 {
                     return Err(Error::UniqueConflict {
-                        table: meta.name.clone(),
+                        table: self.meta.name.clone(),
                         index: idx.name().to_string(),
                         key: lossy(k),
                     });
                 }
             }
         }
-        self.state.revision += 1;
-        let rev = self.state.revision;
-        if let Some(old) = &old {
-            self.state.by_rev.remove(&old.rev);
-            self.remove_secondary(&pk, &old.obj);
-        }
-        for (i, keys) in new_keys.into_iter().enumerate() {
-            for k in keys {
-                self.state.secondary[i].insert((k, pk.clone()));
-            }
-        }
-        self.state.by_rev.insert(rev, pk.clone());
-        if let Some(g) = self.state.graveyard.remove(&pk[..]) {
-            self.state.graveyard_rev.remove(&g.rev);
-        }
-        self.state.primary.insert(pk, new_entry(obj, rev));
-        self.changed = true;
-        Ok(old.map(|e| {
-            let o = e.obj.clone();
-            self.replaced.push(e);
-            o
-        }))
+        Ok(())
     }
 
     fn delete(&mut self, pk: &[u8], expect: Expect) -> Result<Option<Arc<T>>> {
-        let old = self.state.primary.get(pk).cloned();
-        self.check_rev(pk, old.as_ref(), &expect)?;
-        let Some(old) = old else {
+        let ik = IKey::new(pk);
+        if let Expect::Revision(rev) = expect {
+            self.check_rev(pk, self.state.primary.get(&ik), rev)?;
+        }
+        // One lookup: remove returns the deleted version.
+        let Some(old) = self.state.primary.remove(&ik) else {
             return Ok(None);
         };
-        let pk = Key::from_slice(pk);
-        self.state.primary.remove(&pk[..]);
         self.state.by_rev.remove(&old.rev);
-        self.remove_secondary(&pk, &old.obj);
         self.state.revision += 1;
+        if !self.meta.secondary.is_empty() {
+            self.remove_secondary(&Key::from_slice(pk), &old.obj);
+        }
         if self.has_trackers {
             let rev = self.state.revision;
-            self.state.graveyard_rev.insert(rev, pk.clone());
-            self.state
-                .graveyard
-                .insert(pk, new_entry(old.obj.clone(), rev));
+            let g = new_entry(old.obj.clone(), rev);
+            self.state.graveyard_rev.insert(rev, g.clone());
+            self.state.graveyard.insert(ik, g);
         }
         self.changed = true;
         let o = old.obj.clone();
@@ -165,7 +193,7 @@ impl<T: Object> TableTxn<T> {
             return false;
         }
         let low = {
-            let trackers = self.state.meta.trackers.lock();
+            let trackers = self.meta.trackers.lock();
             trackers.values().map(|w| w.load(Ordering::SeqCst)).min()
         };
         match low {
@@ -174,18 +202,20 @@ impl<T: Object> TableTxn<T> {
                 self.state.graveyard_rev.clear();
             }
             Some(low) => {
-                let dead: Vec<(Revision, Key)> = self
+                let dead: Vec<Revision> = self
                     .state
                     .graveyard_rev
                     .range(..=low)
-                    .map(|(r, k)| (*r, k.clone()))
+                    .map(|(r, _)| *r)
                     .collect();
                 if dead.is_empty() {
                     return false;
                 }
-                for (r, k) in dead {
-                    self.state.graveyard_rev.remove(&r);
-                    self.state.graveyard.remove(&k[..]);
+                for r in dead {
+                    if let Some(e) = self.state.graveyard_rev.remove(&r) {
+                        let pk = self.meta.primary.primary_key(&e.obj);
+                        self.state.graveyard.remove(&IKey::new(&pk));
+                    }
                 }
             }
         }
@@ -229,7 +259,7 @@ impl<T: Object> TableTxnDyn for TableTxn<T> {
     }
 
     fn tracker_count(&self) -> usize {
-        self.state.meta.trackers.lock().len()
+        self.meta.trackers.lock().len()
     }
 
     fn initializer_done(&mut self, id: u64) -> bool {
@@ -259,8 +289,8 @@ impl<T: Object> Table<T> {
         merge: impl FnOnce(&T, T) -> T,
     ) -> Result<Option<Arc<T>>> {
         let tt = txn.table_txn(&self.meta)?;
-        let pk = tt.state.meta.primary.primary_key(&obj);
-        let new = match tt.state.primary.get(&pk[..]) {
+        let pk = tt.meta.primary.primary_key(&obj);
+        let new = match tt.state.primary.get(&IKey::new(&pk)) {
             Some(old) => merge(&old.obj, obj),
             None => obj,
         };
@@ -305,7 +335,7 @@ impl<T: Object> Table<T> {
     /// Deletes every object (each gets a deletion revision for change trackers).
     pub fn delete_all(&self, txn: &mut WriteTxn) -> Result<usize> {
         let tt = txn.table_txn(&self.meta)?;
-        let keys: Vec<Key> = tt.state.primary.keys().cloned().collect();
+        let keys: Vec<Key> = tt.state.primary.keys().map(IKey::to_key).collect();
         for k in &keys {
             tt.delete(k, Expect::Any)?;
         }

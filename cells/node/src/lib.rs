@@ -20,6 +20,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/run/cilium/state";
 
 /// Node-wide flags.
 #[derive(Debug, Clone, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct NodeConfig {
     /// Directory where cells persist their state (endpoints, IPAM, identities, objects).
     #[arg(long = "state-dir", default_value = DEFAULT_STATE_DIR)]
@@ -79,7 +80,12 @@ impl Node {
             name,
             ip,
             state_dir: cfg.state_dir.clone(),
-            devices: cfg.devices.iter().filter(|d| !d.is_empty()).cloned().collect(),
+            devices: cfg
+                .devices
+                .iter()
+                .filter(|d| !d.is_empty())
+                .cloned()
+                .collect(),
         })
     }
 }
@@ -93,9 +99,15 @@ pub fn cell() -> BoxCell {
             Config::<NodeConfig>::new(),
             Provide::new(|cfg: Arc<NodeConfig>, health: hive::Health| {
                 let node = Node::from_config(&cfg)?;
-                health.ok(format!("node {} state in {}", node.name, node.state_dir.display()));
+                health.ok(format!(
+                    "node {} state in {}",
+                    node.name,
+                    node.state_dir.display()
+                ));
                 Ok(node)
             }),
+            // Every agent needs the state directory, even before any cell asks for it.
+            hive::Invoke::new(|_node: Arc<Node>| Ok(())),
         ],
     )
 }

@@ -60,9 +60,15 @@ impl StateFile {
         })?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| io("create the state directory", e))?;
-        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
+        // Unique per process and call: two threads storing at once never share a temp file.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}.{seq}", std::process::id()));
         {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("create a temporary state file", e))?;
+            let mut f =
+                std::fs::File::create(&tmp).map_err(|e| io("create a temporary state file", e))?;
             f.write_all(&bytes).map_err(|e| io("write state", e))?;
             f.sync_all().map_err(|e| io("sync state", e))?;
         }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use cilium_api::ApiError;
-use cilium_api::models::{CellHealth, HealthLevel, Healthz, Status, TableDump, TableSummary};
+use cilium_api::models::{
+    CellHealth, DatapathStatus, HealthLevel, Healthz, Status, TableDump, TableSummary,
+};
 use hive::{ConfigDump, HealthView, Level};
 use statedb::Db;
 use utoipa_axum::router::OpenApiRouter;
@@ -24,6 +26,7 @@ pub(crate) struct AgentState {
     config: Arc<ConfigDump>,
     info: Arc<AgentInfo>,
     log: Arc<LogControl>,
+    datapath: Option<Arc<DatapathStatus>>,
 }
 
 /// Register the agent routes.
@@ -34,6 +37,7 @@ pub(crate) fn register(
     config: Arc<ConfigDump>,
     info: Arc<AgentInfo>,
     log: Arc<LogControl>,
+    datapath: Option<Arc<DatapathStatus>>,
 ) -> hive::anyhow::Result<()> {
     let state = AgentState {
         db,
@@ -41,6 +45,7 @@ pub(crate) fn register(
         config,
         info,
         log,
+        datapath,
     };
     routes.add(
         OpenApiRouter::new()
@@ -117,7 +122,7 @@ async fn status(State(s): State<AgentState>) -> Json<Status> {
         state: overall(&c).to_string(),
         cells: c,
         tables,
-        datapath: None,
+        datapath: s.datapath.as_deref().cloned(),
     })
 }
 

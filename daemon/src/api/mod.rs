@@ -18,6 +18,7 @@ pub use server::ApiServer;
 
 /// API server flags.
 #[derive(Debug, Clone, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ApiConfig {
     /// Unix socket serving the whole API.
     #[arg(long = "socket-path", default_value = cilium_api::DEFAULT_SOCKET_PATH)]

@@ -175,9 +175,8 @@ impl<T: Reconcilable, O: Operations<T>> Runner<T, O> {
         let mut deletes = Vec::new();
         let mut updates = Vec::new();
         for c in changes {
-            let key = self.table.primary_key(&c.object);
             if c.deleted || c.object.status().kind == StatusKind::Pending {
-                self.retries.remove(&key);
+                self.forget_retry(&c.object);
                 let e = BatchEntry {
                     object: c.object,
                     revision: c.revision,
@@ -286,12 +285,10 @@ impl<T: Reconcilable, O: Operations<T>> Runner<T, O> {
             }
         };
         for d in deletes {
-            let key = table.primary_key(&d.object);
             match to_str(d.result) {
-                Ok(()) => {
-                    self.retries.remove(&key);
-                }
+                Ok(()) => self.forget_retry(&d.object),
                 Err(err) => {
+                    let key = table.primary_key(&d.object);
                     self.count_error("delete");
                     tracing::debug!(reconciler = %self.cfg.name, error = %err, "delete failed");
                     self.schedule_retry(key, d.object, d.revision, d.revision, true);
@@ -299,20 +296,20 @@ impl<T: Reconcilable, O: Operations<T>> Runner<T, O> {
                 }
             }
         }
+        // One timestamp per batch: reading the clock per object is measurable.
+        let done = Status::done();
         for u in updates {
-            let key = table.primary_key(&u.object);
             let mut obj = (*u.object).clone();
             let result = to_str(u.result);
             obj.set_status(match &result {
-                Ok(()) => Status::done(),
+                Ok(()) => done.clone(),
                 Err(e) => Status::error(e.clone()),
             });
             let written = table.compare_and_swap(&mut wtxn, u.revision, obj).is_ok();
             match result {
-                Ok(()) => {
-                    self.retries.remove(&key);
-                }
+                Ok(()) => self.forget_retry(&u.object),
                 Err(err) => {
+                    let key = table.primary_key(&u.object);
                     self.count_error("update");
                     tracing::debug!(reconciler = %self.cfg.name, error = %err, "update failed");
                     if written {
@@ -331,6 +328,13 @@ impl<T: Reconcilable, O: Operations<T>> Runner<T, O> {
             m.current_errors
                 .with_label_values(&[self.cfg.name.as_str()])
                 .set(i64::try_from(self.retries.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Drops a pending retry of `obj` (no-op, and no key computed, when none is pending).
+    fn forget_retry(&mut self, obj: &T) {
+        if !self.retries.is_empty() {
+            self.retries.remove(&self.table.primary_key(obj));
         }
     }
 
