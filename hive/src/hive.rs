@@ -136,6 +136,8 @@ pub struct Hive {
     health_table: Option<Table<HealthStatus>>,
     health_store: Arc<dyn HealthStore>,
     registry: Arc<Registry>,
+    /// `cilium_reconciler_*`, registered once and shared by every reconciler of the hive.
+    reconciler_metrics: Option<statedb::reconciler::ReconcilerMetrics>,
     populated: Mutex<Option<Populated>>,
 }
 
@@ -185,6 +187,7 @@ impl Hive {
                 shutdowner: Shutdowner::default(),
             },
             health_store: store,
+            reconciler_metrics: statedb::reconciler::ReconcilerMetrics::new(&registry).ok(),
             registry,
             populated: Mutex::new(None),
         }
@@ -276,6 +279,9 @@ impl Hive {
             Arc::new(self.db.clone()),
             Location::builtin(),
         ));
+        if let Some(m) = &self.reconciler_metrics {
+            cells.push(Provide::arc_at(Arc::new(m.clone()), Location::builtin()));
+        }
         if let Some(t) = &self.health_table {
             cells.push(Provide::arc_at(Arc::new(t.clone()), Location::builtin()));
         }

@@ -202,7 +202,8 @@ impl Db {
         metas.sort_by_key(|m| m.id());
         metas.dedup_by_key(|m| m.id());
         let guards: SmallVec<[_; 2]> = metas.iter().map(|m| m.lock().lock_arc()).collect();
-        let started = Instant::now();
+        // The clock is only read when metrics will use it (it is slow on some VMs).
+        let started = self.0.metrics.as_ref().map(|_| Instant::now());
         // Locked tables cannot change under us, so this root holds their latest state.
         let root = self.0.root.load_full();
         let mut slots = SmallVec::new();

@@ -225,7 +225,15 @@ mod tests {
 
     #[test]
     fn ikey_prefix_and_padding_cases() {
-        let keys: [&[u8]; 7] = [b"", b"\0", b"a", b"a\0", b"a\0\0\0\0\0\0\0\0", b"abcdefgh", b"abcdefghi"];
+        let keys: [&[u8]; 7] = [
+            b"",
+            b"\0",
+            b"a",
+            b"a\0",
+            b"a\0\0\0\0\0\0\0\0",
+            b"abcdefgh",
+            b"abcdefghi",
+        ];
         for x in keys {
             for y in keys {
                 assert_eq!(IKey::new(x).cmp(&IKey::new(y)), x.cmp(y), "{x:?} vs {y:?}");

@@ -387,7 +387,9 @@ impl<T: Object> Table<T> {
                 Box::new(
                     sec_range(&s.secondary[p], &q.key)
                         .take_while(move |(sk, _)| *sk == key)
-                        .filter_map(|(_, pk)| s.primary.get(&IKey::new(pk)).map(|e| ObjRef(e.clone()))),
+                        .filter_map(|(_, pk)| {
+                            s.primary.get(&IKey::new(pk)).map(|e| ObjRef(e.clone()))
+                        }),
                 )
             }
         }

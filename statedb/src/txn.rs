@@ -84,7 +84,8 @@ pub struct WriteTxn {
     pub(crate) db: Db,
     pub(crate) root: Arc<Root>,
     pub(crate) slots: SmallVec<[Slot; 2]>,
-    pub(crate) started: Instant,
+    /// When the locks were taken (only with metrics).
+    pub(crate) started: Option<Instant>,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -162,10 +163,15 @@ impl WriteTxn {
         for slot in slots.iter_mut() {
             slot.txn.notify();
         }
-        if let Some(m) = &inner.metrics {
-            let secs = self.started.elapsed().as_secs_f64();
+        if let (Some(m), Some(started)) = (&inner.metrics, self.started) {
+            let secs = started.elapsed().as_secs_f64();
             for slot in slots.iter() {
-                m.observe_commit(slot.meta.name(), secs, slot.txn.state(), slot.txn.tracker_count());
+                m.observe_commit(
+                    slot.meta.name(),
+                    secs,
+                    slot.txn.state(),
+                    slot.txn.tracker_count(),
+                );
             }
         }
         drop(slots);

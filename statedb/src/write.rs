@@ -248,7 +248,11 @@ impl<T: Object> TableTxnDyn for TableTxn<T> {
         for e in self.replaced.drain(..) {
             // A reader may allocate the watch right now; filling the slot with a closed
             // watch first means it then observes "closed" instead of a watch nobody fires.
-            e.watch.get_or_init(Watch::closed).close();
+            let w = e.watch.get_or_init(Watch::closed);
+            // Mostly the shared closed watch: a load avoids a write to its cache line.
+            if !w.is_closed() {
+                w.close();
+            }
         }
         if let Some(w) = self.old_table_watch.take() {
             w.close();

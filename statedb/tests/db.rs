@@ -458,3 +458,77 @@ fn objects_are_shared_not_copied() {
     assert!(Arc::ptr_eq(&t.get(&r, &id(1)).unwrap().object(), &o));
     let _: Watch = Watch::closed();
 }
+
+/// Primary keys longer and shorter than the 8 bytes the internal key keeps inline,
+/// including keys that are prefixes of each other: order, prefix, lower bound,
+/// deletion and graveyard garbage collection must all treat them as plain bytes.
+#[test]
+fn long_and_short_primary_keys_order_and_collect_like_bytes() {
+    let db = Db::new();
+    let t = db
+        .register_table(statedb::TableDef::new(
+            "named",
+            statedb::Index::primary("name", |o: &Obj| key_from_str(&o.name)),
+        ))
+        .unwrap();
+    let names = [
+        "a",
+        "a\0",
+        "abcdefgh",
+        "abcdefghi",
+        "abcdefghij",
+        "b",
+        "abcdefgh-long-name",
+    ];
+    let mut w = db.write_txn(&[&t]).unwrap();
+    let mut changes = t.changes(&mut w).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        t.insert(&mut w, obj(i as u64, n, &[])).unwrap();
+    }
+    let r = w.commit();
+    let mut sorted: Vec<&str> = names.to_vec();
+    sorted.sort_unstable();
+    let all: Vec<String> = t.all(&r).map(|o| o.name.clone()).collect();
+    assert_eq!(all, sorted);
+    let q = |k: &str| Query::new("name", key_from_str(k));
+    assert_eq!(t.get(&r, &q("abcdefghi")).unwrap().id, 3);
+    assert!(t.get(&r, &q("abcdefg")).is_none());
+    let pre: Vec<String> = t
+        .prefix(&r, &q("abcdefgh"))
+        .map(|o| o.name.clone())
+        .collect();
+    assert_eq!(
+        pre,
+        ["abcdefgh", "abcdefgh-long-name", "abcdefghi", "abcdefghij"]
+    );
+    let lb: Vec<String> = t
+        .lower_bound(&r, &q("abcdefghi"))
+        .map(|o| o.name.clone())
+        .collect();
+    assert_eq!(lb, ["abcdefghi", "abcdefghij", "b"]);
+    let (batch, _) = changes.next(&r);
+    assert_eq!(batch.len(), names.len());
+
+    let mut w = db.write_txn(&[&t]).unwrap();
+    t.delete_key(&mut w, key_from_str("abcdefghij"))
+        .unwrap()
+        .unwrap();
+    t.delete_key(&mut w, key_from_str("a")).unwrap().unwrap();
+    let r = w.commit();
+    assert_eq!(t.graveyard_len(&r), 2);
+    assert!(t.get(&r, &q("a")).is_none());
+    assert_eq!(t.get(&r, &q("a\0")).unwrap().id, 1);
+    let (batch, _) = changes.next(&r);
+    let deleted: Vec<&str> = batch
+        .iter()
+        .filter(|c| c.deleted)
+        .map(|c| c.object.name.as_str())
+        .collect();
+    assert_eq!(deleted, ["abcdefghij", "a"]);
+    // The tracker passed both deletions: the next commit collects them.
+    let mut w = db.write_txn(&[&t]).unwrap();
+    t.insert(&mut w, obj(9, "z", &[])).unwrap();
+    let r = w.commit();
+    assert_eq!(t.graveyard_len(&r), 0);
+    assert_eq!(t.len(&r), names.len() - 1);
+}

@@ -84,19 +84,16 @@ fn start_reconciler(
     table: Arc<Table<IpcacheEntry>>,
     dp: Arc<cilium_bpf::Datapath>,
     jobs: JobGroup,
+    metrics: Option<Arc<statedb::reconciler::ReconcilerMetrics>>,
 ) -> hive::anyhow::Result<()> {
     let ops = Arc::new(IpcacheOps::new(dp));
+    let mut config = statedb::reconciler::Config::new(TABLE_NAME);
+    config.metrics = metrics.map(|m| (*m).clone());
     jobs.add(Job::one_shot("reconciler", move |cancel, health| {
-        let (db, table, ops) = ((*db).clone(), (*table).clone(), ops.clone());
+        let (db, table, ops, config) =
+            ((*db).clone(), (*table).clone(), ops.clone(), config.clone());
         async move {
-            let (_handle, run) = Reconciler::new(
-                statedb::reconciler::Config::new(TABLE_NAME),
-                db,
-                table,
-                ops,
-                Arc::new(health),
-                cancel,
-            )?;
+            let (_handle, run) = Reconciler::new(config, db, table, ops, Arc::new(health), cancel)?;
             run.await;
             Ok(())
         }

@@ -141,6 +141,7 @@ impl<T: Reconcilable, O: Operations<T>> Runner<T, O> {
     async fn run(mut self, prune: Arc<Notify>, cancel: CancellationToken) {
         tracing::debug!(reconciler = %self.cfg.name, table = self.table.name(), "reconciler started");
         loop {
+            let round_start = Instant::now();
             let (watch, init_watch) = self.round().await;
             let next_retry = self.retries.values().map(|r| r.at).min();
             let prune_at = if self.initialized {
@@ -157,9 +158,16 @@ impl<T: Reconcilable, O: Operations<T>> Runner<T, O> {
                 _ = sleep_opt(prune_at) => {}
                 _ = sleep_opt(self.next_refresh) => {}
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(self.cfg.min_round_interval) => {}
+            // Rate limit: round starts are at least `min_round_interval` apart. A round
+            // that already took that long (a busy one) starts the next without sleeping.
+            let next_round = round_start + self.cfg.min_round_interval;
+            if Instant::now() < next_round {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = sleep_until(next_round) => {}
+                }
+            } else if cancel.is_cancelled() {
+                break;
             }
         }
         tracing::debug!(reconciler = %self.cfg.name, "reconciler stopped");
