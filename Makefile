@@ -40,5 +40,5 @@ test: deps
 	$(CARGO) test --workspace --no-fail-fast
 
 bench: deps
-	$(CARGO) build --release -p cilium-bench --bins
+	$(CARGO) build --release --workspace --bins
 	./target/release/bench-all

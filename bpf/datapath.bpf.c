@@ -3,6 +3,8 @@
  * Pod datapath, attached to the host side of every pod's veth:
  *   cil_from_container  tcx ingress  (packets leaving the pod)
  *   cil_to_container    tcx egress   (packets the host stack sends to the pod)
+ * Policy (lib/policy.h): egress of the source endpoint at from-container,
+ * ingress of the destination endpoint at local delivery and at to-container.
  * Per-endpoint behaviour comes only from map entries: attaching an endpoint
  * never loads or verifies a program.
  */
@@ -12,6 +14,7 @@
 #include "lib/eps.h"
 #include "lib/events.h"
 #include "lib/metrics.h"
+#include "lib/policy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -78,39 +81,75 @@ static __always_inline void emit_trace(const struct dp_config *cfg, __u8 obs, __
 	event_send(ev);
 }
 
-static __always_inline void emit_policy_verdict(const struct dp_config *cfg, int verdict,
+static __always_inline void emit_policy_verdict(const struct dp_config *cfg,
+						const struct policy_result *res, __u8 dir,
 						const struct pkt_info *pkt, __u32 ifindex,
-						__u16 dst_ep_id, __u32 src_id, __u32 dst_id)
+						__u16 ep_id, __u16 dst_ep_id, __u32 src_id,
+						__u32 dst_id)
 {
 	if (!(cfg->event_flags & EVENT_F_POLICY_VERDICT))
 		return;
-	struct cilium_event *ev =
-		event_scratch(EVENT_TYPE_POLICY_VERDICT, 0, METRIC_DIR_INGRESS, pkt, ifindex);
+	struct cilium_event *ev = event_scratch(EVENT_TYPE_POLICY_VERDICT, 0, dir, pkt, ifindex);
 
 	if (!ev)
 		return;
-	ev->ep_id = dst_ep_id;
+	ev->ep_id = ep_id;
 	ev->dst_ep_id = dst_ep_id;
 	ev->src_identity = src_id;
 	ev->dst_identity = dst_id;
-	ev->verdict = verdict;
+	ev->verdict = res->verdict;
+	ev->cookie = res->cookie;
 	event_send(ev);
 }
 
 /*
- * Ingress policy of the destination endpoint. This is where the per-endpoint
- * policy lookup will sit (keyed by dst->ep_id, src_identity, proto, dport).
- * It runs for the first packet of every connection towards a pod; replies and
- * later packets ride on conntrack. Returns 0 to allow or -DROP_POLICY_DENIED.
- * Today every endpoint allows all ingress.
+ * Policy of endpoint @ep_id in direction @dir (egress: source endpoint, peer =
+ * destination identity; ingress: destination endpoint, peer = source
+ * identity). Only original-direction packets are checked: replies (CT_REPLY)
+ * ride on conntrack, while new and established flows are re-checked on every
+ * packet so that a policy change stops a flow it forbids. A verdict event is
+ * emitted for the first packet of a connection when the direction is
+ * enforced. Returns 0 to continue or TC_ACT_SHOT after counting and reporting
+ * the drop (and removing the conntrack entry the dropped first packet made).
  */
-static __always_inline int policy_can_ingress4(const struct endpoint_info *dst, __u32 src_identity,
-					       const struct pkt_info *pkt)
+static __always_inline int policy_check(struct __sk_buff *ctx, const struct dp_config *cfg,
+					__u8 dir, __u16 ep_id, __u16 dst_ep_id, __u32 src_id,
+					__u32 dst_id, const struct pkt_info *pkt, int status)
 {
-	(void)dst;
-	(void)src_identity;
-	(void)pkt;
-	return 0;
+	struct policy_result res;
+	int reason;
+
+	if (status == CT_REPLY)
+		return 0;
+	policy_can_access(ep_id, dir, dir == METRIC_DIR_INGRESS ? src_id : dst_id, pkt, &res);
+	if (!res.enforced)
+		return 0;
+	if (status == CT_NEW)
+		emit_policy_verdict(cfg, &res, dir, pkt, ctx->ifindex, ep_id, dst_ep_id, src_id,
+				    dst_id);
+	if (res.verdict == 0)
+		return 0;
+
+	reason = -res.verdict;
+	update_metrics((__u8)reason, dir, ctx->len);
+	if (status == CT_NEW)
+		ct_delete4(pkt);
+	if (cfg->event_flags & EVENT_F_DROP) {
+		struct cilium_event *ev =
+			event_scratch(EVENT_TYPE_DROP, (__u8)reason, dir, pkt, ctx->ifindex);
+
+		if (ev) {
+			ev->ep_id = ep_id;
+			ev->dst_ep_id = dst_ep_id;
+			ev->src_identity = src_id;
+			ev->dst_identity = dst_id;
+			ev->ct_status = (__u8)status;
+			ev->verdict = res.verdict;
+			ev->cookie = res.cookie;
+			event_send(ev);
+		}
+	}
+	return TC_ACT_SHOT;
 }
 
 /* Parse Ethernet + IPv4 (+ ports/TCP flags). Returns 0 or -DROP_*. */
@@ -134,7 +173,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *ctx, struct pkt_info *pk
 	pkt->sport = 0;
 	pkt->dport = 0;
 	pkt->tcp_flags = 0;
-	pkt->pad = 0;
+	pkt->icmp_type = 0;
 
 	/* Non-first fragments carry no layer-4 header: track them port-less. */
 	if (ip->frag_off & bpf_htons(0x1fff))
@@ -166,6 +205,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *ctx, struct pkt_info *pk
 
 		if (bpf_skb_load_bytes(ctx, l4off, buf, sizeof(buf)) < 0)
 			return -DROP_CT_INVALID_HDR;
+		pkt->icmp_type = buf[0];
 		/* Echo identifier as a port so request and reply pair up. */
 		if (buf[0] == ICMP_ECHO)
 			__builtin_memcpy(&pkt->sport, &buf[4], 2);
@@ -283,14 +323,13 @@ int cil_from_container(struct __sk_buff *ctx)
 		struct endpoint_info dst = *dst_ep;
 
 		dst_id = dst.sec_identity;
-		if (status == CT_NEW) {
-			ret = policy_can_ingress4(&dst, src_id, &pkt);
-			emit_policy_verdict(&cfg, ret, &pkt, ctx->ifindex, dst.ep_id, src_id,
-					    dst_id);
-			if (ret < 0)
-				return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, dst.ep_id,
-					    src_id);
-		}
+		/* Egress policy of the source, then ingress policy of the destination. */
+		if (policy_check(ctx, &cfg, METRIC_DIR_EGRESS, ep_id, dst.ep_id, src_id, dst_id,
+				 &pkt, status))
+			return TC_ACT_SHOT;
+		if (policy_check(ctx, &cfg, METRIC_DIR_INGRESS, dst.ep_id, dst.ep_id, src_id,
+				 dst_id, &pkt, status))
+			return TC_ACT_SHOT;
 		ret = rewrite_for_delivery(ctx, &dst, pkt.ttl);
 		if (ret < 0)
 			return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
@@ -305,7 +344,11 @@ int cil_from_container(struct __sk_buff *ctx)
 		return ret;
 	}
 
+	/* The host's own addresses (lxc entries flagged HOST, or ipcache rows with
+	 * identity 1 written by the agent) are the host; anything unknown is world. */
 	dst_id = dst_ep ? IDENTITY_HOST : lookup_identity(pkt.daddr);
+	if (policy_check(ctx, &cfg, METRIC_DIR_EGRESS, ep_id, 0, src_id, dst_id, &pkt, status))
+		return TC_ACT_SHOT;
 	update_metrics(0, METRIC_DIR_EGRESS, pkt.len);
 	emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_EGRESS, &pkt, ctx->ifindex, ep_id, 0, src_id,
 		   dst_id, 0, status, report);
@@ -330,7 +373,16 @@ int cil_to_container(struct __sk_buff *ctx)
 	if (ret < 0)
 		return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, 0);
 
+	/* Everything here comes from the host stack: the host itself (its addresses
+	 * are ipcache rows with identity 1, or lxc entries flagged HOST), or traffic
+	 * it routed (identity from the ipcache, WORLD when unknown). */
 	src_id = lookup_identity(pkt.saddr);
+	if (src_id == IDENTITY_WORLD) {
+		struct endpoint_info *src_ep = lookup_endpoint(pkt.saddr);
+
+		if (src_ep && (src_ep->flags & ENDPOINT_F_HOST))
+			src_id = IDENTITY_HOST;
+	}
 	dst_ep = lookup_endpoint(pkt.daddr);
 	if (dst_ep) {
 		ep_id = dst_ep->ep_id;
@@ -341,14 +393,9 @@ int cil_to_container(struct __sk_buff *ctx)
 	if (status < 0)
 		return drop(ctx, &cfg, -status, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
 
-	if (dst_ep && status == CT_NEW) {
-		struct endpoint_info dst = *dst_ep;
-
-		ret = policy_can_ingress4(&dst, src_id, &pkt);
-		emit_policy_verdict(&cfg, ret, &pkt, ctx->ifindex, ep_id, src_id, dst_id);
-		if (ret < 0)
-			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
-	}
+	if (dst_ep && policy_check(ctx, &cfg, METRIC_DIR_INGRESS, ep_id, ep_id, src_id, dst_id,
+				   &pkt, status))
+		return TC_ACT_SHOT;
 
 	update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
 	emit_trace(&cfg, TRACE_TO_LXC, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, ep_id, ep_id, src_id,

@@ -351,6 +351,14 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/endpoint/{id-or-key}?verify=true`: the endpoint, after the agent checked that
+    /// its live state (pod interface, address, routes, host veth, BPF entry) still matches;
+    /// a difference is a 409 whose message names it, an unknown endpoint a 404.
+    pub async fn endpoint_verify(&self, id: &str) -> Result<Endpoint, ClientError> {
+        self.get(&format!("/v1/endpoint/{}?verify=true", encode_segment(id)))
+            .await
+    }
+
     /// `DELETE /v1/endpoint/{id-or-key}`.
     pub async fn endpoint_delete(&self, id: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/endpoint/{}", encode_segment(id)))

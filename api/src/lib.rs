@@ -4,6 +4,9 @@
 
 pub mod client;
 mod client_datapath;
+mod client_identity;
+mod client_policy;
+mod client_policymap;
 mod client_resources;
 pub mod error;
 pub mod models;

@@ -47,7 +47,7 @@ struct pkt_info {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 ttl;
-	__u8 pad;
+	__u8 icmp_type; /* ICMP: type (matched by policy through the port field) */
 	__u32 len;
 };
 

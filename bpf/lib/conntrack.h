@@ -187,3 +187,20 @@ static __always_inline int ct_lookup_create4(const struct pkt_info *pkt, __u32 s
 		return ct_process(&cilium_ct4_v1, pkt, src_identity, cfg, report);
 	return ct_process(&cilium_ct_any4_v1, pkt, src_identity, cfg, report);
 }
+
+/* Removes the entry a dropped first packet created (so its "replies" get no pass). */
+static __always_inline void ct_delete4(const struct pkt_info *pkt)
+{
+	struct ct_key4 key = {
+		.saddr = pkt->saddr,
+		.daddr = pkt->daddr,
+		.sport = pkt->sport,
+		.dport = pkt->dport,
+		.proto = pkt->proto,
+	};
+
+	if (pkt->proto == IPPROTO_TCP)
+		bpf_map_delete_elem(&cilium_ct4_v1, &key);
+	else
+		bpf_map_delete_elem(&cilium_ct_any4_v1, &key);
+}

@@ -13,7 +13,8 @@
 #define CILIUM_DROP_REASONS(X)                                                           \
 	X(DROP_INVALID_SIP, 132, "invalid-source-ip",                                    \
 	  "source IPv4 address is not the endpoint's address on this interface")         \
-	X(DROP_POLICY_DENIED, 133, "policy-denied", "denied by network policy")          \
+	X(DROP_POLICY_DENIED, 133, "policy-denied",                                      \
+	  "denied by network policy: no rule allows it (default deny)")                  \
 	X(DROP_INVALID_PACKET, 134, "invalid-packet", "truncated or malformed packet")   \
 	X(DROP_CT_INVALID_HDR, 135, "ct-invalid-header",                                 \
 	  "conntrack: layer-4 header could not be read")                                 \
@@ -22,7 +23,8 @@
 	X(DROP_CT_MAP_FULL, 160, "ct-map-insertion-failed",                              \
 	  "conntrack entry could not be created")                                        \
 	X(DROP_REDIRECT_FAILED, 161, "redirect-failed",                                  \
-	  "redirect to the destination endpoint failed")
+	  "redirect to the destination endpoint failed")                                 \
+	X(DROP_POLICY_DENY, 181, "policy-deny", "denied by an explicit deny policy rule")
 
 #define CILIUM_DROP_ENUM_ENTRY(name, code, short_name, desc) name = code,
 

@@ -1,15 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Datapath events on the cilium_events_v1 ring buffer. Every record is one
- * struct cilium_event; `version` says which layout. Version 1 is 56 bytes.
- * A later version may only append fields, so decoders accept longer records.
+ * struct cilium_event; `version` says which layout. Version 1 was 56 bytes;
+ * version 2 (64 bytes) appends the policy cookie. A later version may only
+ * append fields, so decoders accept longer records.
  */
 #pragma once
 
 #include "common.h"
 #include "config.h"
 
-#define EVENT_VERSION 1
+#define EVENT_VERSION 2
 
 #define EVENT_TYPE_DROP 1
 #define EVENT_TYPE_TRACE 4
@@ -42,6 +43,9 @@ struct cilium_event {
 	__u32 dst_identity;
 	__u32 dst_ifindex; /* where a local delivery went, 0 otherwise */
 	__s32 verdict;     /* policy verdict: 0 allow, else -reason */
+	/* version 2 */
+	__u32 cookie; /* policy verdicts and policy drops: deciding rule, 0 = none */
+	__u32 pad2;
 };
 
 struct {

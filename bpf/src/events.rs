@@ -1,7 +1,8 @@
 //! Datapath events from the `cilium_events_v1` ring buffer: decoding and readers.
 //!
 //! Record layout: `struct cilium_event` in `bpf/lib/events.h` ([`crate::types::RawEvent`]).
-//! Version 1 is 56 bytes; later versions may only append, so longer records decode too.
+//! Version 1 is 56 bytes, version 2 (64 bytes) appends the policy cookie; later versions may
+//! only append, so longer records decode too.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -15,9 +16,11 @@ use crate::error::{Error, Result};
 use crate::types::{Pod, RawEvent};
 
 /// Event layout version this crate writes and reads.
-pub const EVENT_VERSION: u8 = 1;
+pub const EVENT_VERSION: u8 = 2;
 /// Size of a version-1 record.
 pub const EVENT_V1_LEN: usize = 56;
+/// Size of a version-2 record.
+pub const EVENT_V2_LEN: usize = 64;
 
 /// `EVENT_TYPE_DROP`.
 pub const EVENT_TYPE_DROP: u8 = 1;
@@ -127,6 +130,8 @@ pub struct Event {
     pub dst_ifindex: u32,
     /// Policy verdict: 0 allowed, negative = -drop reason.
     pub verdict: i32,
+    /// Cookie of the deciding policy entry (policy verdicts and policy drops), 0 = none.
+    pub cookie: u32,
 }
 
 impl Event {
@@ -145,7 +150,17 @@ impl Event {
                 len: bytes.len(),
             });
         }
-        let raw = RawEvent::from_bytes(bytes).ok_or(Error::EventDecode {
+        if bytes.len() < EVENT_V1_LEN {
+            return Err(Error::EventDecode {
+                reason: "shorter than a version-1 record (56 bytes)",
+                len: bytes.len(),
+            });
+        }
+        // Version 1 records lack the cookie: decode them zero-extended.
+        let mut buf = [0u8; EVENT_V2_LEN];
+        let n = bytes.len().min(EVENT_V2_LEN);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        let raw = RawEvent::from_bytes(&buf).ok_or(Error::EventDecode {
             reason: "shorter than a version-1 record (56 bytes)",
             len: bytes.len(),
         })?;
@@ -185,6 +200,7 @@ impl Event {
             dst_identity: raw.dst_identity,
             dst_ifindex: raw.dst_ifindex,
             verdict: raw.verdict,
+            cookie: if version >= 2 { raw.cookie } else { 0 },
         })
     }
 
@@ -361,10 +377,17 @@ mod tests {
     #[test]
     fn accepts_longer_newer_records_and_rejects_bad_ones() {
         let mut raw = raw_drop();
-        raw.version = 2;
+        raw.version = 3;
+        raw.cookie = 77;
         let mut bytes = raw.as_bytes().to_vec();
         bytes.extend_from_slice(&[0xff; 8]);
-        assert_eq!(Event::decode(&bytes).unwrap().version, 2);
+        let ev = Event::decode(&bytes).unwrap();
+        assert_eq!((ev.version, ev.cookie), (3, 77));
+        // A version-1 record is 56 bytes and carries no cookie.
+        raw.version = 1;
+        let v1 = Event::decode(&raw.as_bytes()[..EVENT_V1_LEN]).unwrap();
+        assert_eq!((v1.version, v1.cookie), (1, 0));
+        assert!(Event::decode(&raw.as_bytes()[..EVENT_V1_LEN - 1]).is_err());
         assert!(Event::decode(&bytes[..40]).is_err());
         raw.version = 0;
         assert!(Event::decode(raw.as_bytes()).is_err());

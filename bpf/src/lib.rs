@@ -37,7 +37,9 @@ pub use loader::{
 };
 pub use maps::{
     ConntrackMaps, CtRecord, EndpointMap, FillRatio, IpcacheMap, Maps, MetricRow, MetricsMap,
-    TypedMap,
+    PolicyMaps, PolicyStatsRow, TypedMap,
 };
 pub use sys::boot_time_secs;
-pub use types::{CtEntry4, CtKey4, EndpointInfo, IpcacheValue};
+pub use types::{
+    CtEntry4, CtKey4, EndpointInfo, IpcacheValue, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
+};

@@ -28,7 +28,8 @@ use libbpf_rs::{
 use crate::error::{Error, Result};
 use crate::events::EventReader;
 use crate::maps::{
-    ConfigMap, ConntrackMaps, EndpointMap, IpcacheMap, Maps, MetricsMap, TypedMap, names,
+    ConfigMap, ConntrackMaps, EndpointMap, IpcacheMap, Maps, MetricsMap, PolicyMaps, TypedMap,
+    names,
 };
 use crate::skel::{DatapathSkel, DatapathSkelBuilder};
 use crate::sys;
@@ -292,6 +293,9 @@ impl Datapath {
             (&mut m.cilium_metrics_v1, names::METRICS),
             (&mut m.cilium_events_v1, names::EVENTS),
             (&mut m.cilium_config_v1, names::CONFIG),
+            (&mut m.cilium_policy_v1, names::POLICY),
+            (&mut m.cilium_policy_cfg_v1, names::POLICY_CFG),
+            (&mut m.cilium_policy_stats_v1, names::POLICY_STATS),
         ] {
             map.set_pin_path(root.join(name))
                 .map_err(|source| Error::Load {
@@ -331,6 +335,14 @@ impl Datapath {
                 dup(&sm.cilium_config_v1, names::CONFIG)?,
             )?),
             events: dup(&sm.cilium_events_v1, names::EVENTS)?,
+            policy: PolicyMaps::new(
+                TypedMap::new(names::POLICY, dup(&sm.cilium_policy_v1, names::POLICY)?)?,
+                TypedMap::new(
+                    names::POLICY_CFG,
+                    dup(&sm.cilium_policy_cfg_v1, names::POLICY_CFG)?,
+                )?,
+                dup(&sm.cilium_policy_stats_v1, names::POLICY_STATS)?,
+            )?,
         };
         maps.config.set(&config.dp_config())?;
         tracing::info!(bpf_root = %root.display(), mode = mode.name(), ?features, "datapath loaded");

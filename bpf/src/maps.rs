@@ -14,7 +14,7 @@ use crate::drop::DropReason;
 use crate::error::{Error, Result};
 use crate::types::{
     CtEntry4, CtKey4, DpConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, MetricsKey,
-    MetricsValue, Pod,
+    MetricsValue, Pod, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
 };
 
 /// Pinned map names (file names under the bpf root).
@@ -33,8 +33,25 @@ pub mod names {
     pub const EVENTS: &str = "cilium_events_v1";
     /// Runtime config.
     pub const CONFIG: &str = "cilium_config_v1";
+    /// Per-endpoint policy entries (LPM trie).
+    pub const POLICY: &str = "cilium_policy_v1";
+    /// Per-endpoint enforcement flags.
+    pub const POLICY_CFG: &str = "cilium_policy_cfg_v1";
+    /// Per-cookie packet/byte counters.
+    pub const POLICY_STATS: &str = "cilium_policy_stats_v1";
     /// Every pinned map.
-    pub const ALL: &[&str] = &[LXC, IPCACHE, CT4, CT_ANY4, METRICS, EVENTS, CONFIG];
+    pub const ALL: &[&str] = &[
+        LXC,
+        IPCACHE,
+        CT4,
+        CT_ANY4,
+        METRICS,
+        EVENTS,
+        CONFIG,
+        POLICY,
+        POLICY_CFG,
+        POLICY_STATS,
+    ];
 }
 
 /// How full a map is.
@@ -182,11 +199,38 @@ impl<K: Pod, V: Pod> TypedMap<K, V> {
             })
     }
 
+    /// Inserts many entries: one `BPF_MAP_UPDATE_BATCH` per chunk, falling back to single
+    /// updates when the kernel does not batch this map type.
+    pub fn insert_many(&self, entries: &[(K, V)]) -> Result<()> {
+        for chunk in entries.chunks(BATCH_CHUNK) {
+            if self.insert_batch(chunk).is_err() {
+                for (k, v) in chunk {
+                    self.insert(k, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes many keys (absent ones are ignored); returns how many were deleted.
+    pub fn delete_many(&self, keys: &[K]) -> Result<usize> {
+        let mut n = 0;
+        for k in keys {
+            if self.delete(k)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The raw handle (fd), e.g. for a ring buffer or bpftool-like tools.
     pub fn handle(&self) -> &MapHandle {
         &self.handle
     }
 }
+
+/// Entries per `BPF_MAP_UPDATE_BATCH` call.
+const BATCH_CHUNK: usize = 4096;
 
 fn check_size(map: &'static str, what: &'static str, got: u32, expected: usize) -> Result<()> {
     let got = got as usize;
@@ -398,6 +442,177 @@ impl ConfigMap {
     }
 }
 
+/// Counters of one policy cookie, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyStatsRow {
+    /// The cookie (names a rule).
+    pub cookie: u32,
+    /// Packets the cookie decided (original-direction packets of enforced directions).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+}
+
+/// `cilium_policy_v1` + `cilium_policy_cfg_v1` + `cilium_policy_stats_v1`.
+///
+/// Entries are written already normalised (see `bpf/lib/policy.h`): within one
+/// (endpoint, direction, identity, protocol) an allow block covered by a shorter deny
+/// block must be written as that deny. `cilium-policymap` does this.
+#[derive(Debug)]
+pub struct PolicyMaps {
+    /// Policy entries (LPM trie).
+    pub entries: TypedMap<PolicyKey, PolicyValue>,
+    /// Enforcement flags per endpoint.
+    pub cfg: TypedMap<PolicyCfgKey, PolicyCfg>,
+    /// Per-cookie counters (per-CPU hash: key `u32` cookie, value 16 B per CPU).
+    pub stats: MapHandle,
+}
+
+impl PolicyMaps {
+    fn open_pinned(root: &Path) -> Result<Self> {
+        let stats =
+            MapHandle::from_pinned_path(root.join(names::POLICY_STATS)).map_err(|source| {
+                Error::Map {
+                    map: names::POLICY_STATS,
+                    op: "open pinned",
+                    source,
+                }
+            })?;
+        Self::new(
+            TypedMap::open_pinned(root, names::POLICY)?,
+            TypedMap::open_pinned(root, names::POLICY_CFG)?,
+            stats,
+        )
+    }
+
+    pub(crate) fn new(
+        entries: TypedMap<PolicyKey, PolicyValue>,
+        cfg: TypedMap<PolicyCfgKey, PolicyCfg>,
+        stats: MapHandle,
+    ) -> Result<Self> {
+        check_size(
+            names::POLICY_STATS,
+            "key",
+            stats.key_size(),
+            size_of::<u32>(),
+        )?;
+        check_size(
+            names::POLICY_STATS,
+            "value",
+            stats.value_size(),
+            size_of::<MetricsValue>(),
+        )?;
+        Ok(Self {
+            entries,
+            cfg,
+            stats,
+        })
+    }
+
+    /// Writes the enforcement flags of an endpoint.
+    pub fn set_enforcement(
+        &self,
+        ep_id: u16,
+        ingress: bool,
+        egress: bool,
+        revision: u32,
+    ) -> Result<()> {
+        self.cfg.insert(
+            &PolicyCfgKey { ep_id, pad: 0 },
+            &PolicyCfg {
+                ingress_enforced: u8::from(ingress),
+                egress_enforced: u8::from(egress),
+                pad: 0,
+                revision,
+            },
+        )
+    }
+
+    /// The enforcement flags of an endpoint (`None`: nothing enforced).
+    pub fn enforcement(&self, ep_id: u16) -> Result<Option<PolicyCfg>> {
+        self.cfg.lookup(&PolicyCfgKey { ep_id, pad: 0 })
+    }
+
+    /// Removes an endpoint's flags (= nothing enforced); `Ok(false)` when absent.
+    pub fn remove_enforcement(&self, ep_id: u16) -> Result<bool> {
+        self.cfg.delete(&PolicyCfgKey { ep_id, pad: 0 })
+    }
+
+    /// Every endpoint with flags, sorted by id.
+    pub fn enforcements(&self) -> Result<Vec<(u16, PolicyCfg)>> {
+        let mut v: Vec<_> = self
+            .cfg
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (k.ep_id, v))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        Ok(v)
+    }
+
+    /// Every policy entry, sorted by key.
+    pub fn dump(&self) -> Result<Vec<(PolicyKey, PolicyValue)>> {
+        let mut v = self.entries.entries()?;
+        v.sort_by_key(|(k, _)| *k);
+        Ok(v)
+    }
+
+    /// The policy entries of one endpoint, sorted by key.
+    pub fn endpoint_entries(&self, ep_id: u16) -> Result<Vec<(PolicyKey, PolicyValue)>> {
+        let mut v = self.dump()?;
+        v.retain(|(k, _)| k.ep_id == ep_id);
+        Ok(v)
+    }
+
+    /// Counters of one cookie (0/0 when never hit).
+    pub fn stat(&self, cookie: u32) -> Result<PolicyStatsRow> {
+        let per_cpu = self
+            .stats
+            .lookup_percpu(&cookie.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: names::POLICY_STATS,
+                op: "lookup",
+                source,
+            })?;
+        let (packets, bytes) = per_cpu
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| MetricsValue::from_bytes(b))
+            .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
+        Ok(PolicyStatsRow {
+            cookie,
+            packets,
+            bytes,
+        })
+    }
+
+    /// Counters of every cookie that was hit, sorted by cookie.
+    pub fn stats(&self) -> Result<Vec<PolicyStatsRow>> {
+        let mut rows = Vec::new();
+        for kb in self.stats.keys() {
+            let Some(cookie) = u32::from_bytes(&kb) else {
+                continue;
+            };
+            rows.push(self.stat(cookie)?);
+        }
+        rows.sort_by_key(|r| r.cookie);
+        Ok(rows)
+    }
+
+    /// Forgets the counters of a cookie; `Ok(false)` when absent.
+    pub fn delete_stat(&self, cookie: u32) -> Result<bool> {
+        match self.stats.delete(&cookie.to_ne_bytes()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::Map {
+                map: names::POLICY_STATS,
+                op: "delete",
+                source,
+            }),
+        }
+    }
+}
+
 /// Every datapath map, by owned fd.
 #[derive(Debug)]
 pub struct Maps {
@@ -413,6 +628,8 @@ pub struct Maps {
     pub config: ConfigMap,
     /// `cilium_events_v1` (ring buffer; read with [`crate::EventReader`]).
     pub events: MapHandle,
+    /// `cilium_policy_v1`, `cilium_policy_cfg_v1`, `cilium_policy_stats_v1`.
+    pub policy: PolicyMaps,
 }
 
 impl Maps {
@@ -453,6 +670,7 @@ impl Maps {
             metrics: MetricsMap(metrics),
             config: ConfigMap(TypedMap::open_pinned(root, names::CONFIG)?),
             events,
+            policy: PolicyMaps::open_pinned(root)?,
         })
     }
 }

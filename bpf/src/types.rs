@@ -239,7 +239,8 @@ pub struct DpConfig {
     pub pad: u32,
 }
 
-/// Ring-buffer record (`struct cilium_event`), version 1, 56 bytes.
+/// Ring-buffer record (`struct cilium_event`), version 2, 64 bytes (version 1 records are
+/// the first 56 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct RawEvent {
@@ -285,6 +286,110 @@ pub struct RawEvent {
     pub dst_ifindex: u32,
     /// Policy verdict (0 allow, else -reason).
     pub verdict: i32,
+    /// Version 2: cookie of the deciding policy entry (verdicts, policy drops), 0 = none.
+    pub cookie: u32,
+    /// Padding.
+    pub pad2: u32,
+}
+
+/// Bits of the exact part of a [`PolicyKey`] (`POLICY_KEY_EXACT_BITS`): endpoint,
+/// direction, protocol, identity.
+pub const POLICY_KEY_EXACT_BITS: u32 = 64;
+
+/// Key of `cilium_policy_v1` (`struct policy_key`, LPM trie), 16 bytes.
+///
+/// `prefixlen` = 64 + port prefix bits; `ep_id`/`identity` host order (exact part),
+/// `dport` network order (the LPM part; ICMP type for protocol 1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// 64 + port prefix length (0..=16).
+    pub prefixlen: u32,
+    /// Endpoint id.
+    pub ep_id: u16,
+    /// 1 ingress, 2 egress.
+    pub dir: u8,
+    /// IP protocol, 0 = any.
+    pub proto: u8,
+    /// Peer identity, 0 = any.
+    pub identity: u32,
+    /// Destination port (network order), masked to the prefix.
+    pub dport: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+impl PolicyKey {
+    /// Key for a port block `port/port_prefix_len` (host order port; host bits cleared).
+    pub fn new(
+        ep_id: u16,
+        dir: u8,
+        identity: u32,
+        proto: u8,
+        port: u16,
+        port_prefix_len: u8,
+    ) -> Self {
+        let plen = port_prefix_len.min(16);
+        let mask = u16::try_from((0xffff_0000_u32 >> plen) & 0xffff).unwrap_or(u16::MAX);
+        Self {
+            prefixlen: POLICY_KEY_EXACT_BITS + u32::from(plen),
+            ep_id,
+            dir,
+            proto,
+            identity,
+            dport: (port & mask).to_be(),
+            pad: 0,
+        }
+    }
+    /// Port prefix length (0..=16).
+    pub fn port_prefix_len(&self) -> u8 {
+        u8::try_from(self.prefixlen.saturating_sub(POLICY_KEY_EXACT_BITS).min(16)).unwrap_or(16)
+    }
+    /// First port of the block (host order).
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.dport)
+    }
+    /// Last port of the block (host order).
+    pub fn port_end(&self) -> u16 {
+        let span = 0xffff_u32 >> u32::from(self.port_prefix_len());
+        self.port() | u16::try_from(span).unwrap_or(u16::MAX)
+    }
+}
+
+/// Value of `cilium_policy_v1` (`struct policy_entry`), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// Cookie of the rule.
+    pub cookie: u32,
+    /// 1 deny, 0 allow.
+    pub deny: u8,
+    /// Padding, keep 0.
+    pub pad: [u8; 3],
+}
+
+/// Key of `cilium_policy_cfg_v1` (`struct policy_cfg_key`), 4 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyCfgKey {
+    /// Endpoint id.
+    pub ep_id: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// Value of `cilium_policy_cfg_v1` (`struct policy_cfg`), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PolicyCfg {
+    /// 1 when ingress is enforced.
+    pub ingress_enforced: u8,
+    /// 1 when egress is enforced.
+    pub egress_enforced: u8,
+    /// Padding, keep 0.
+    pub pad: u16,
+    /// Write counter (debugging).
+    pub revision: u32,
 }
 
 pod!(
@@ -297,7 +402,11 @@ pod!(
     MetricsKey,
     MetricsValue,
     DpConfig,
-    RawEvent
+    RawEvent,
+    PolicyKey,
+    PolicyValue,
+    PolicyCfgKey,
+    PolicyCfg
 );
 
 #[cfg(test)]
@@ -392,9 +501,24 @@ mod tests {
                 src_identity,
                 dst_identity,
                 dst_ifindex,
-                verdict
+                verdict,
+                cookie,
+                pad2
             ]
         );
+        same_layout!(
+            PolicyKey,
+            c::policy_key,
+            [prefixlen, ep_id, dir, proto, identity, dport, pad]
+        );
+        same_layout!(PolicyValue, c::policy_entry, [cookie, deny, pad]);
+        same_layout!(PolicyCfgKey, c::policy_cfg_key, [ep_id, pad]);
+        same_layout!(
+            PolicyCfg,
+            c::policy_cfg,
+            [ingress_enforced, egress_enforced, pad, revision]
+        );
+        same_layout!(MetricsValue, c::policy_stats, [packets, bytes]);
     }
 
     #[test]
@@ -407,7 +531,26 @@ mod tests {
         assert_eq!(size_of::<MetricsKey>(), 4);
         assert_eq!(size_of::<MetricsValue>(), 16);
         assert_eq!(size_of::<DpConfig>(), 24);
-        assert_eq!(size_of::<RawEvent>(), 56);
+        assert_eq!(size_of::<RawEvent>(), 64);
+        assert_eq!(size_of::<PolicyKey>(), 16);
+        assert_eq!(size_of::<PolicyValue>(), 8);
+        assert_eq!(size_of::<PolicyCfgKey>(), 4);
+        assert_eq!(size_of::<PolicyCfg>(), 8);
+    }
+
+    #[test]
+    fn policy_keys_mask_ports_and_report_ranges() {
+        let k = PolicyKey::new(7, 1, 300, 6, 8080, 16);
+        assert_eq!((k.prefixlen, k.port(), k.port_end()), (80, 8080, 8080));
+        assert_eq!(k.as_bytes()[14..], [0, 0]);
+        assert_eq!(k.as_bytes()[12..14], 8080u16.to_be_bytes());
+        let r = PolicyKey::new(7, 1, 300, 6, 8083, 14);
+        assert_eq!(
+            (r.port(), r.port_end(), r.port_prefix_len()),
+            (8080, 8083, 14)
+        );
+        let any = PolicyKey::new(7, 2, 0, 0, 80, 0);
+        assert_eq!((any.prefixlen, any.port(), any.port_end()), (64, 0, 65535));
     }
 
     #[test]

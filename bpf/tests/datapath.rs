@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use cilium_bpf::types::{CT_F_CLOSING, CT_F_ESTABLISHED};
 use cilium_bpf::{
-    Datapath, DatapathConfig, DropReason, EndpointInfo, Error, Event, EventKind, IpcacheValue,
-    TracePoint,
+    Datapath, DatapathConfig, DropReason, EndpointInfo, Error, Event, EventKind, EventReader,
+    IpcacheValue, PolicyKey, PolicyValue, TracePoint,
 };
 
 const GW: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
@@ -429,13 +429,16 @@ fn pods_talk_through_the_datapath() {
             && e.endpoint == EP_B),
         "no host-to-pod trace"
     );
-    assert!(has(&|e| e.kind == EventKind::PolicyVerdict
-        && e.verdict == 0
-        && e.dst_endpoint == EP_B));
+    assert!(
+        !has(&|e| e.kind == EventKind::PolicyVerdict),
+        "policy verdicts are only reported for enforced directions"
+    );
     assert!(
         has(&|e| e.drop_reason() == Some(DropReason::InvalidSip) && e.src == SPOOF),
         "no invalid-source-ip drop event"
     );
+
+    check_policy(&dp, &reader, &node, &pa, &pb);
 
     // Restart: a new load reuses the pinned maps and updates the pinned links in place.
     drop(reader);
@@ -476,8 +479,222 @@ fn pods_talk_through_the_datapath() {
         }
     });
     assert!(dp.pinned_links().unwrap().is_empty());
+    // A new namespace may inherit forwarding from the host (another agent on this machine
+    // turns it on); switch it off so only the BPF redirect could carry pod-to-pod traffic.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
     assert!(
         !ping(&pa, IP_B, None),
         "traffic still redirected after detach"
     );
+}
+
+const INGRESS: u8 = 1;
+const EGRESS: u8 = 2;
+const ICMP: u8 = 1;
+const TCP: u8 = 6;
+const ICMP_ECHO: u16 = 8;
+
+fn allow(cookie: u32) -> PolicyValue {
+    PolicyValue {
+        cookie,
+        ..Default::default()
+    }
+}
+
+fn deny(cookie: u32) -> PolicyValue {
+    PolicyValue {
+        cookie,
+        deny: 1,
+        ..Default::default()
+    }
+}
+
+/// TCP connect from pod `client` to `ip:port` (no server): true when the SYN reached the
+/// pod (refused), false when it was dropped (timeout).
+fn syn_reaches(client: &str, ip: Ipv4Addr, port: u16) -> bool {
+    in_netns(client, || {
+        let addr = SocketAddr::from((ip, port));
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(1500)) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        }
+    })
+}
+
+fn drain(reader: &EventReader) -> Vec<Event> {
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.extend(reader.poll(Duration::from_millis(100)).unwrap());
+    }
+    events
+}
+
+/// Policy enforcement: default deny, allow by identity, replies, deny beats allow, port
+/// ranges, egress, host identity, verdict/drop events with cookies, per-cookie counters.
+fn check_policy(dp: &Datapath, reader: &EventReader, node: &str, pa: &str, pb: &str) {
+    let pm = &dp.maps().policy;
+    let metrics = &dp.maps().metrics;
+    let _ = drain(reader);
+    let denied = DropReason::PolicyDenied.code();
+    let deny_code = DropReason::PolicyDeny.code();
+
+    // Default-deny ingress on B: A's ping is dropped and counted as policy-denied.
+    pm.set_enforcement(EP_B, true, false, 1).unwrap();
+    let before = metrics.packets(denied, INGRESS).unwrap();
+    assert!(
+        !ping(pa, IP_B, None),
+        "default-deny ingress let a ping through"
+    );
+    assert!(metrics.packets(denied, INGRESS).unwrap() >= before + 2);
+    let ev = drain(reader);
+    assert!(
+        ev.iter()
+            .any(|e| e.drop_reason() == Some(DropReason::PolicyDenied)
+                && e.endpoint == EP_B
+                && e.src_identity == ID_A
+                && e.cookie == 0),
+        "no policy-denied drop event in {ev:#?}"
+    );
+    assert!(
+        ev.iter().any(|e| e.kind == EventKind::PolicyVerdict
+            && e.verdict == -i32::from(denied)
+            && e.dir == INGRESS
+            && e.endpoint == EP_B),
+        "no denied verdict in {ev:#?}"
+    );
+    // No conntrack entry is left behind by the dropped first packets (a left-over entry
+    // would let B's "replies" in).
+    let ct = dp.maps().conntrack.dump().unwrap();
+    assert!(
+        !ct.iter().any(|r| r.key.proto == ICMP
+            && r.key.src() == IP_A
+            && r.key.dst() == IP_B
+            && r.entry.rx_packets == 0),
+        "dropped pings left conntrack entries: {ct:?}"
+    );
+
+    // Allow ICMP echo (type 8 in the port field) from A's identity.
+    let echo_from_a = PolicyKey::new(EP_B, INGRESS, ID_A, ICMP, ICMP_ECHO, 16);
+    pm.entries.insert(&echo_from_a, &allow(501)).unwrap();
+    assert!(ping(pa, IP_B, None), "allowed ping dropped");
+    let st = pm.stat(501).unwrap();
+    assert!(
+        st.packets >= 2 && st.bytes > 0,
+        "cookie 501 counters: {st:?}"
+    );
+    let ev = drain(reader);
+    assert!(
+        ev.iter().any(|e| e.kind == EventKind::PolicyVerdict
+            && e.verdict == 0
+            && e.cookie == 501
+            && e.endpoint == EP_B
+            && e.src_identity == ID_A
+            && e.dst_identity == ID_B
+            && e.proto == ICMP),
+        "no allowed verdict with cookie 501 in {ev:#?}"
+    );
+    // B's own ping to A is a new flow, not a reply: its echo type is allowed but only
+    // from A's identity towards B, so B -> A is unaffected (A enforces nothing) ...
+    assert!(ping(pb, IP_A, None));
+    // ... and replies pass under default-deny ingress: A enforces ingress with no entry.
+    pm.set_enforcement(EP_A, true, false, 2).unwrap();
+    assert!(
+        ping(pa, IP_B, None),
+        "echo replies to A must ride on conntrack"
+    );
+    assert!(
+        !ping(pb, IP_A, None),
+        "A's default-deny ingress let B's ping in"
+    );
+    pm.remove_enforcement(EP_A).unwrap();
+
+    // The host (identity 1, the gateway is an ipcache row with identity 1) is a peer too.
+    assert!(!ping(node, IP_B, None), "host ping passed default-deny");
+    let host_echo = PolicyKey::new(EP_B, INGRESS, 1, ICMP, ICMP_ECHO, 16);
+    pm.entries.insert(&host_echo, &allow(504)).unwrap();
+    assert!(
+        ping(node, IP_B, None),
+        "host ping dropped although identity 1 is allowed"
+    );
+    assert!(pm.stat(504).unwrap().packets >= 2);
+
+    // An explicit deny (any peer, any protocol) beats the more specific allow.
+    let deny_all = PolicyKey::new(EP_B, INGRESS, 0, 0, 0, 0);
+    pm.entries.insert(&deny_all, &deny(502)).unwrap();
+    let before = metrics.packets(deny_code, INGRESS).unwrap();
+    assert!(!ping(pa, IP_B, None), "deny did not beat allow");
+    assert!(metrics.packets(deny_code, INGRESS).unwrap() >= before + 2);
+    let ev = drain(reader);
+    assert!(
+        ev.iter()
+            .any(|e| e.drop_reason() == Some(DropReason::PolicyDeny)
+                && e.cookie == 502
+                && e.endpoint == EP_B),
+        "no policy-deny drop with cookie 502 in {ev:#?}"
+    );
+    assert!(pm.stat(502).unwrap().packets >= 2);
+    pm.entries.delete(&deny_all).unwrap();
+    assert!(ping(pa, IP_B, None));
+
+    // A port range 8080-8083 (prefix 14) for TCP from A.
+    let range = PolicyKey::new(EP_B, INGRESS, ID_A, TCP, 8080, 14);
+    assert_eq!((range.port(), range.port_end()), (8080, 8083));
+    assert!(
+        !syn_reaches(pa, IP_B, 8082),
+        "TCP passed before the range was allowed"
+    );
+    pm.entries.insert(&range, &allow(503)).unwrap();
+    assert!(
+        syn_reaches(pa, IP_B, 8082),
+        "port 8082 inside the range dropped"
+    );
+    assert!(syn_reaches(pa, IP_B, 8080));
+    assert!(
+        !syn_reaches(pa, IP_B, 8084),
+        "port 8084 outside the range passed"
+    );
+    assert_eq!(tcp_roundtrip(pb, pa, IP_B, 8083), "pong hello\n");
+
+    // Egress enforcement at A: default deny stops A -> host, an allow for identity 1
+    // (the gateway) lets it through; A -> B (identity ID_B) stays denied.
+    pm.set_enforcement(EP_A, false, true, 3).unwrap();
+    let before = metrics.packets(denied, EGRESS).unwrap();
+    assert!(
+        !ping(pa, GW, None),
+        "egress default deny let A reach the host"
+    );
+    assert!(metrics.packets(denied, EGRESS).unwrap() >= before + 2);
+    let to_host = PolicyKey::new(EP_A, EGRESS, 1, ICMP, ICMP_ECHO, 16);
+    pm.entries.insert(&to_host, &allow(505)).unwrap();
+    assert!(ping(pa, GW, None), "egress allow to the host did not apply");
+    assert!(!ping(pa, IP_B, None), "egress default deny let A reach B");
+    let ev = drain(reader);
+    assert!(
+        ev.iter().any(|e| e.kind == EventKind::PolicyVerdict
+            && e.dir == EGRESS
+            && e.endpoint == EP_A
+            && e.dst_identity == 1
+            && e.cookie == 505),
+        "no egress verdict with cookie 505 in {ev:#?}"
+    );
+
+    // Listing and clean-up: back to allow-all for the rest of the test.
+    let b_entries = pm.endpoint_entries(EP_B).unwrap();
+    assert_eq!(b_entries.len(), 3, "{b_entries:?}");
+    assert_eq!(pm.enforcements().unwrap().len(), 2);
+    for (k, _) in pm.dump().unwrap() {
+        pm.entries.delete(&k).unwrap();
+    }
+    pm.remove_enforcement(EP_A).unwrap();
+    pm.remove_enforcement(EP_B).unwrap();
+    assert!(pm.stats().unwrap().iter().any(|r| r.cookie == 503));
+    assert!(ping(pa, IP_B, None));
 }

@@ -38,6 +38,13 @@ pub enum BpfCommand {
         #[command(subcommand)]
         action: ListAction,
     },
+    /// An endpoint's policy entries (`cilium_policy_v1`, `cilium_policy_cfg_v1`).
+    ///
+    /// Example: `ciliumctl bpf policy list 1234`
+    Policy {
+        #[command(subcommand)]
+        action: crate::bpf_policy::PolicyAction,
+    },
 }
 
 /// The only action on most maps.
@@ -69,6 +76,9 @@ fn ep(host: &str, port: u16) -> String {
 /// Runs a `bpf` subcommand.
 pub async fn run(client: &Client, format: Format, cmd: BpfCommand) -> anyhow::Result<ExitCode> {
     let table = match cmd {
+        BpfCommand::Policy { action } => {
+            return crate::bpf_policy::run(client, format, action).await;
+        }
         BpfCommand::Lxc { .. } => {
             let rows = client.bpf_lxc().await?;
             if print_structured(format, &rows)? {

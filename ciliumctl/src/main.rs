@@ -3,10 +3,13 @@
 //! YAML (`-o`).
 
 mod bpf;
+mod bpf_policy;
 mod endpoint;
+mod identity;
 mod metrics;
 mod monitor;
 mod output;
+mod policy;
 mod resources;
 
 use std::path::PathBuf;
@@ -101,6 +104,20 @@ enum Command {
         #[command(subcommand)]
         cmd: endpoint::EndpointCmd,
     },
+    /// Show security identities and their labels.
+    ///
+    /// Example: `ciliumctl identity list` or `ciliumctl identity get 256 -o yaml`
+    Identity {
+        #[command(subcommand)]
+        cmd: identity::IdentityCmd,
+    },
+    /// Show network policies and explain verdicts between pods.
+    ///
+    /// Example: `ciliumctl policy list` or `ciliumctl policy explain --from x/a --to y/b --port 80/TCP`
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
+    },
     /// Show stored objects of a kind (pods, namespaces, ...).
     ///
     /// Example: `ciliumctl get pods -n shop` or `ciliumctl get pod frontend -n shop -o yaml`
@@ -146,6 +163,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitor { kind } => monitor::run(&client, cli.output, kind).await,
         Command::Metrics => metrics::run(&client, cli.output).await,
         Command::Endpoint { cmd } => endpoint::run(&client, cli.output, cmd).await,
+        Command::Identity { cmd } => identity::run(&client, cli.output, cmd).await,
+        Command::Policy { cmd } => policy::run(&client, cli.output, cmd).await,
         Command::Apply { file } => resources::apply(&client, cli.output, &file).await,
         Command::Delete { file } => resources::delete(&client, cli.output, &file).await,
         Command::Get {

@@ -52,16 +52,22 @@ pub fn render(ev: &MonitorEvent) -> String {
         addr(&ev.dst_ip, ev.dst_port)
     );
     match ev.kind {
-        MonitorEventType::Drop => format!(
-            "xx drop ({}) endpoint {} {flow} {} ({}, ifindex {}, identity {} -> {})",
-            ev.drop_reason.as_deref().unwrap_or("unknown"),
-            ev.endpoint,
-            proto(ev),
-            ev.direction,
-            ev.ifindex,
-            ev.src_identity,
-            ev.dst_identity
-        ),
+        MonitorEventType::Drop => {
+            let mut line = format!(
+                "xx drop ({}) endpoint {} {flow} {} ({}, ifindex {}, identity {} -> {})",
+                ev.drop_reason.as_deref().unwrap_or("unknown"),
+                ev.endpoint,
+                proto(ev),
+                ev.direction,
+                ev.ifindex,
+                ev.src_identity,
+                ev.dst_identity
+            );
+            if let Some(p) = &ev.policy {
+                line.push_str(&format!(" policy: {p}"));
+            }
+            line
+        }
         MonitorEventType::Trace => format!(
             "-> endpoint {} flow {flow} {} {} (trace {}, ifindex {}, identity {} -> {})",
             ev.endpoint,
@@ -77,14 +83,18 @@ pub fn render(ev: &MonitorEvent) -> String {
                 Some(r) => format!("{} ({r})", ev.verdict),
                 None => ev.verdict.clone(),
             };
-            format!(
+            let mut line = format!(
                 "policy-verdict {verdict} endpoint {} {} {flow} {} identity {} -> {}",
-                ev.dst_endpoint.max(ev.endpoint),
+                ev.endpoint,
                 ev.direction,
                 proto(ev),
                 ev.src_identity,
                 ev.dst_identity
-            )
+            );
+            if let Some(p) = &ev.policy {
+                line.push_str(&format!(" policy: {p}"));
+            }
+            line
         }
         MonitorEventType::Lost => format!(
             "!! lost {} event(s): this monitor read too slowly",
@@ -176,5 +186,15 @@ mod tests {
             "{line}"
         );
         assert!(render(&MonitorEvent::lost(7)).contains("lost 7"));
+        let mut v = ev(MonitorEventType::PolicyVerdict);
+        v.verdict = "denied".into();
+        v.drop_reason = Some("policy-deny".into());
+        v.policy = Some("CiliumNetworkPolicy x/deny-all ingressDeny[0] ingress".into());
+        let line = render(&v);
+        assert!(
+            line.starts_with("policy-verdict denied (policy-deny) endpoint 12 egress")
+                && line.ends_with("policy: CiliumNetworkPolicy x/deny-all ingressDeny[0] ingress"),
+            "{line}"
+        );
     }
 }

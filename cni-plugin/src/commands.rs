@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cilium_api::Client;
 use cilium_api::models::{EndpointChangeRequest, EndpointGcRequest, attachment_key};
+use cilium_api::{Client, ClientError};
 use serde_json::json;
 use tracing::debug;
 
@@ -273,7 +273,10 @@ impl Cmd<'_> {
         }
     }
 
-    /// CHECK: the agent's endpoint must match what `prevResult` says we created.
+    /// CHECK: the agent verifies the live state of its endpoint (pod interface up with its
+    /// address, gateway and default routes, host veth, BPF entry), then the endpoint must
+    /// match what `prevResult` says we created. A difference the agent finds (409) is code
+    /// 101 with the agent's message, which names it.
     async fn check(&self) -> Result<(), CniError> {
         let prev = self
             .conf
@@ -281,7 +284,7 @@ impl Cmd<'_> {
             .as_ref()
             .ok_or_else(|| CniError::config("prevResult is required for CHECK"))?;
         let key = self.key();
-        let ep = match self.client.endpoint_get(&key).await {
+        let ep = match self.client.endpoint_verify(&key).await {
             Ok(ep) => ep,
             Err(e) if e.status() == Some(404) => {
                 return Err(CniError::new(
@@ -291,6 +294,9 @@ impl Cmd<'_> {
                          DEL and ADD it again"
                     ),
                 ));
+            }
+            Err(ClientError::Api { status: 409, body }) => {
+                return Err(CniError::new(Code::CheckFailed, body.message));
             }
             Err(e) => {
                 return Err(CniError::from_agent(

@@ -25,7 +25,10 @@ pub enum Code {
     NotAvailable,
     /// 100: ADD for an attachment (container id + ifname) the agent already has.
     AttachmentExists,
-    /// 101: CHECK found the attachment missing or different from `prevResult`.
+    /// 101: CHECK found the attachment missing, its live state (interface, address, routes,
+    /// host veth, BPF entry) different from the agent's endpoint (the agent answered 409 to
+    /// `?verify=true`; `msg` is the agent's message), or the endpoint different from
+    /// `prevResult`.
     CheckFailed,
     /// 999: an unexpected agent answer or a bug (libcni's `ErrInternal`).
     Internal,

@@ -299,6 +299,22 @@ fn check_passes_after_add_and_names_mismatches() {
         let msg = cni(&vars, &with_prev(conf(v, agent.socket()), &bad)).error(101);
         assert!(msg.contains("MAC mismatch"), "{msg}");
 
+        // CHECK asks the agent to verify the live state; a difference it finds (409) is
+        // code 101 with the agent's message verbatim.
+        let key = format!("cni:{id}:eth0");
+        assert!(
+            agent.state().verifies.contains(&key),
+            "CHECK did not verify"
+        );
+        let why = format!(
+            "endpoint 1 ({key}): address 10.200.0.2/32 is missing on eth0 in /var/run/netns/x-a"
+        );
+        agent.state().verify_error = Some(ApiError::conflict(why.clone()));
+        let msg = cni(&vars, &with_prev(conf(v, agent.socket()), &prev)).error(101);
+        assert_eq!(msg, why);
+        agent.state().verify_error = None;
+        cni(&vars, &with_prev(conf(v, agent.socket()), &prev)).ok_silent();
+
         // CHECK needs prevResult.
         let msg = cni(&vars, &conf(v, agent.socket()).to_string()).error(7);
         assert!(msg.contains("prevResult"), "{msg}");

@@ -1,7 +1,11 @@
 //! The agent's REST API served by a real hive (infra cells only, no privileges needed): error
 //! shapes, the read-only TCP listener, the OpenAPI document, status and tables.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed unwrap is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 
 use std::path::PathBuf;
 

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod model;
+pub mod oracle;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call, short enough for interface names (≤ 15 chars with
@@ -26,7 +29,16 @@ pub fn bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let p = dir.join(name);
+    let mut p = dir.join(name);
+    // A benchmark binary lives beside the binaries (target/<profile>/bench-x), and
+    // CILIUM_BIN_DIR points anywhere else.
+    if let Some(d) = std::env::var_os("CILIUM_BIN_DIR") {
+        p = PathBuf::from(d).join(name);
+    } else if !p.exists()
+        && let Some(here) = exe.parent()
+    {
+        p = here.join(name);
+    }
     assert!(
         p.exists(),
         "{} not found: build the binaries first (cargo build --workspace --bins)",
@@ -315,9 +327,53 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The gateway address of this agent's pod range (its first host address).
+    pub fn gateway(&self) -> String {
+        let base = self.pod_cidr.split('/').next().unwrap_or_default();
+        let mut octets: Vec<u8> = base.split('.').filter_map(|o| o.parse().ok()).collect();
+        if let Some(last) = octets.last_mut() {
+            *last = last.wrapping_add(1);
+        }
+        octets
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// Undo what the agent leaves on the host on purpose (so a restarted agent finds it):
+    /// its gateway address on `cilium_host`, and the device once no agent uses it.
+    fn remove_host_leftovers(&self) {
+        let quiet = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        let _ = quiet(&[
+            "addr",
+            "del",
+            &format!("{}/32", self.gateway()),
+            "dev",
+            "cilium_host",
+        ]);
+        let left = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", "cilium_host"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if left.is_empty() {
+            let _ = quiet(&["link", "del", "cilium_host"]);
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        self.remove_host_leftovers();
         let _ = std::fs::remove_dir_all(&self.bpf_root);
         if std::thread::panicking() {
             eprintln!("agent log ({}):\n{}", self.log.display(), self.log_text());

@@ -3,13 +3,19 @@
 mod agent;
 mod bpf;
 mod endpoint;
+mod identity;
 mod ipam;
 mod monitor;
+mod policy;
+mod policymap;
 mod resources;
 
 pub use agent::*;
 pub use bpf::*;
 pub use endpoint::*;
+pub use identity::*;
 pub use ipam::*;
 pub use monitor::*;
+pub use policy::*;
+pub use policymap::*;
 pub use resources::*;

@@ -98,6 +98,14 @@ pub struct MonitorEvent {
     /// For `lost`: how many events this subscriber missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// Policy verdicts and policy drops: cookie of the deciding policy entry (0 = none,
+    /// e.g. default deny).
+    #[serde(default)]
+    pub cookie: u32,
+    /// Policy verdicts and policy drops: the deciding policy and rule, e.g.
+    /// `CiliumNetworkPolicy x/deny-all ingressDeny[0]`, or `default deny (no rule allows)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 impl MonitorEvent {
@@ -126,6 +134,8 @@ impl MonitorEvent {
             observation_point: None,
             length: 0,
             lost: Some(n),
+            cookie: 0,
+            policy: None,
         }
     }
 }

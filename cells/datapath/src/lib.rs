@@ -131,7 +131,11 @@ pub fn cell() -> BoxCell {
                 Ok(loader::status(&dp, flags.datapath_mode))
             }),
             Provide::new(new_conntrack_gc),
-            Provide::new(|registry: Arc<Registry>| Ok(Monitor::new(&registry)?)),
+            Provide::new(
+                |registry: Arc<Registry>, repo: Option<Arc<cilium_policy::Repository>>| {
+                    Ok(Monitor::new(&registry)?.with_policy(repo))
+                },
+            ),
             Invoke::new(start),
         ],
     )

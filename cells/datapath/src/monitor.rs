@@ -1,10 +1,13 @@
 //! The monitor: one job drains the events ring buffer, decodes each record into a
 //! [`MonitorEvent`] and fans it out on a broadcast channel that API streams subscribe to.
+//! Policy verdicts and policy drops name the deciding policy and rule (through the
+//! policy repository's `rule_by_cookie`) in `MonitorEvent::policy`.
 
 use std::sync::Arc;
 
 use cilium_api::models::{MonitorEvent, MonitorEventType};
-use cilium_bpf::{CtStatus, Datapath, Event, EventKind, reason_name};
+use cilium_bpf::{CtStatus, Datapath, DropReason, Event, EventKind, reason_name};
+use cilium_policy::Repository;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::broadcast;
 
@@ -18,6 +21,7 @@ pub const SUBSCRIBER_BUFFER: usize = 4096;
 pub struct Monitor {
     tx: broadcast::Sender<Arc<MonitorEvent>>,
     events: IntCounterVec,
+    policy: Option<Arc<Repository>>,
 }
 
 impl Monitor {
@@ -32,7 +36,30 @@ impl Monitor {
         )?;
         registry.register(Box::new(events.clone()))?;
         let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-        Ok(Self { tx, events })
+        Ok(Self {
+            tx,
+            events,
+            policy: None,
+        })
+    }
+
+    /// Names policies in verdicts and policy drops through `repo` (cookie → rule).
+    #[must_use]
+    pub fn with_policy(mut self, repo: Option<Arc<Repository>>) -> Self {
+        self.policy = repo;
+        self
+    }
+
+    /// Decodes a record into the API model, naming the deciding policy rule.
+    pub fn model(&self, ev: &Event) -> MonitorEvent {
+        let mut m = to_model(ev);
+        m.policy = policy_name(ev, |cookie| {
+            self.policy
+                .as_ref()
+                .and_then(|r| r.rule_by_cookie(cookie))
+                .map(|r| r.describe())
+        });
+        m
     }
 
     /// A new subscription to every event from now on.
@@ -68,7 +95,7 @@ impl Monitor {
                 b = reader.next_batch() => b?,
             };
             for ev in batch {
-                self.publish(to_model(&ev));
+                self.publish(self.model(&ev));
             }
         }
     }
@@ -111,6 +138,32 @@ fn direction(dir: u8) -> &'static str {
     }
 }
 
+/// The `policy` text of a verdict or policy drop: `<rule> <direction>` for a cookie the
+/// namer knows (e.g. `CiliumNetworkPolicy x/deny-all ingressDeny[0] ingress`),
+/// `cookie <n> <direction>` for one it does not, `default deny <direction> (no rule
+/// allows)` for a policy-denied drop; `None` for other events.
+pub fn policy_name(ev: &Event, name: impl Fn(u32) -> Option<String>) -> Option<String> {
+    let is_policy_drop = matches!(
+        ev.drop_reason(),
+        Some(DropReason::PolicyDenied | DropReason::PolicyDeny)
+    );
+    if ev.kind != EventKind::PolicyVerdict && !is_policy_drop {
+        return None;
+    }
+    let dir = direction(ev.dir);
+    if ev.cookie == 0 {
+        return Some(if ev.verdict == 0 {
+            format!("allow-all {dir} (cookie 0)")
+        } else {
+            format!("default deny {dir} (no rule allows)")
+        });
+    }
+    Some(match name(ev.cookie) {
+        Some(rule) => format!("{rule} {dir}"),
+        None => format!("cookie {} {dir}", ev.cookie),
+    })
+}
+
 /// Converts a decoded ring-buffer record into the API model.
 pub fn to_model(ev: &Event) -> MonitorEvent {
     let mut m = MonitorEvent::lost(0);
@@ -140,6 +193,7 @@ pub fn to_model(ev: &Event) -> MonitorEvent {
     m.ifindex = ev.ifindex;
     m.dst_ifindex = ev.dst_ifindex;
     m.length = ev.len;
+    m.cookie = ev.cookie;
     match ev.kind {
         EventKind::Drop { code } => {
             m.kind = MonitorEventType::Drop;
@@ -196,7 +250,39 @@ mod tests {
             dst_identity: 101,
             dst_ifindex: 8,
             verdict: 0,
+            cookie: 0,
         }
+    }
+
+    #[test]
+    fn verdicts_and_policy_drops_name_the_rule() {
+        let mut v = event(EventKind::PolicyVerdict);
+        v.cookie = 42;
+        v.dir = 1;
+        let namer =
+            |c: u32| (c == 42).then(|| "CiliumNetworkPolicy x/allow ingress[0]".to_string());
+        assert_eq!(
+            policy_name(&v, namer).as_deref(),
+            Some("CiliumNetworkPolicy x/allow ingress[0] ingress")
+        );
+        v.cookie = 43;
+        assert_eq!(policy_name(&v, namer).as_deref(), Some("cookie 43 ingress"));
+        let mut d = event(EventKind::Drop { code: 133 });
+        d.dir = 1;
+        d.verdict = -133;
+        assert_eq!(
+            policy_name(&d, namer).as_deref(),
+            Some("default deny ingress (no rule allows)")
+        );
+        assert_eq!(
+            policy_name(&event(EventKind::Drop { code: 132 }), namer),
+            None
+        );
+        let m = Monitor::new(&Registry::new()).unwrap().model(&v);
+        assert_eq!(
+            (m.cookie, m.policy.as_deref()),
+            (43, Some("cookie 43 ingress"))
+        );
     }
 
     #[test]

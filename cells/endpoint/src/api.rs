@@ -4,25 +4,57 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use cilium_api::ApiError;
-use cilium_api::models::{Endpoint, EndpointChangeRequest, EndpointGcRequest, EndpointGcResult};
+use cilium_api::models::{
+    Endpoint, EndpointChangeRequest, EndpointGcRequest, EndpointGcResult, PolicyEnforcement,
+};
 use cilium_api::routes::ApiRoutes;
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::EndpointManager;
+use crate::{EndpointManager, EndpointObj, EnforcementLookup};
 
-/// Registers the endpoint routes.
-pub fn register(routes: &ApiRoutes, mgr: Arc<EndpointManager>) {
+/// What the handlers share.
+#[derive(Clone)]
+struct ApiState {
+    mgr: Arc<EndpointManager>,
+    enforcement: Option<Arc<EnforcementLookup>>,
+}
+
+impl ApiState {
+    /// The API form of `obj` with its policy enforcement state.
+    fn endpoint(&self, obj: &EndpointObj) -> Endpoint {
+        self.fill(obj.to_api())
+    }
+
+    /// `ep` with its policy enforcement state.
+    fn fill(&self, mut ep: Endpoint) -> Endpoint {
+        if let Some(l) = &self.enforcement {
+            let (ingress, egress) = l.lookup(ep.id);
+            ep.policy_enforcement = PolicyEnforcement { ingress, egress };
+        }
+        ep
+    }
+}
+
+/// Registers the endpoint routes; `enforcement` (from the policy cell, when present) fills
+/// `policy_enforcement`, which is false/false without it.
+pub fn register(
+    routes: &ApiRoutes,
+    mgr: Arc<EndpointManager>,
+    enforcement: Option<Arc<EnforcementLookup>>,
+) {
     routes.add(
         OpenApiRouter::new()
             .routes(routes!(put_endpoint, get_endpoint, delete_endpoint))
             .routes(routes!(list_endpoints))
             .routes(routes!(gc_endpoints))
-            .with_state(mgr),
+            .with_state(ApiState { mgr, enforcement }),
     );
 }
 
@@ -39,12 +71,13 @@ pub fn register(routes: &ApiRoutes, mgr: Arc<EndpointManager>) {
         (status = 507, description = "Pod range or endpoint ids exhausted", body = cilium_api::ErrorBody),
         (status = 500, description = "A plumbing step failed; everything was undone", body = cilium_api::ErrorBody)))]
 async fn put_endpoint(
-    State(mgr): State<Arc<EndpointManager>>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Json<EndpointChangeRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
     let Json(req) = body?;
-    let (ep, created) = mgr.create_tracked(&id, &req).await?;
+    let (ep, created) = st.mgr.create_tracked(&id, &req).await?;
+    let ep = st.fill(ep);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -53,18 +86,41 @@ async fn put_endpoint(
     Ok((status, Json(ep)))
 }
 
-/// One endpoint by numeric id or attachment key.
+/// Options of `GET /v1/endpoint/{id}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+struct GetQuery {
+    /// Check the live state of the endpoint (pod interface up with its address, route to the
+    /// gateway and default route in the pod's namespace; host veth with the recorded ifindex;
+    /// BPF endpoint map entry) before answering; differences are a 409.
+    #[serde(default)]
+    verify: bool,
+}
+
+/// One endpoint by numeric id or attachment key; with `?verify=true` only after checking that
+/// its live state still matches (what CNI CHECK asks).
 #[utoipa::path(get, path = "/v1/endpoint/{id}", tag = "endpoint",
-    params(("id" = String, Path, description = "endpoint id or attachment key")),
+    params(("id" = String, Path, description = "endpoint id or attachment key"), GetQuery),
     responses(
-        (status = 200, description = "The endpoint", body = Endpoint),
-        (status = 404, description = "Unknown", body = cilium_api::ErrorBody)))]
+        (status = 200, description = "The endpoint (verified when asked)", body = Endpoint),
+        (status = 400, description = "Malformed query, e.g. verify=maybe", body = cilium_api::ErrorBody),
+        (status = 404, description = "Unknown", body = cilium_api::ErrorBody),
+        (status = 409, description = "verify=true: the live state differs; the message names every difference, e.g. \
+            \"endpoint 3 (cni:x:eth0): address 10.215.0.2/32 is missing on eth0 in /var/run/netns/pod1; ...\"",
+            body = cilium_api::ErrorBody),
+        (status = 500, description = "verify=true: the check itself failed (netns not enterable, map unreadable)",
+            body = cilium_api::ErrorBody)))]
 async fn get_endpoint(
-    State(mgr): State<Arc<EndpointManager>>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    mgr.get(&id)
-        .map(|o| Json(o.to_api()))
+    let Query(q) = query?;
+    if q.verify {
+        return Ok(Json(st.fill(st.mgr.verify(&id).await?)));
+    }
+    st.mgr
+        .get(&id)
+        .map(|o| Json(st.endpoint(&o)))
         .ok_or_else(|| crate::EndpointError::NotFound(id).into())
 }
 
@@ -76,17 +132,17 @@ async fn get_endpoint(
         (status = 404, description = "Unknown: nothing to undo", body = cilium_api::ErrorBody),
         (status = 500, description = "A teardown step failed; retry", body = cilium_api::ErrorBody)))]
 async fn delete_endpoint(
-    State(mgr): State<Arc<EndpointManager>>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    Ok(Json(mgr.delete(&id).await?))
+    Ok(Json(st.fill(st.mgr.delete(&id).await?)))
 }
 
 /// Every endpoint.
 #[utoipa::path(get, path = "/v1/endpoints", tag = "endpoint",
     responses((status = 200, description = "All endpoints", body = Vec<Endpoint>)))]
-async fn list_endpoints(State(mgr): State<Arc<EndpointManager>>) -> Json<Vec<Endpoint>> {
-    let mut eps: Vec<Endpoint> = mgr.list().iter().map(|o| o.to_api()).collect();
+async fn list_endpoints(State(st): State<ApiState>) -> Json<Vec<Endpoint>> {
+    let mut eps: Vec<Endpoint> = st.mgr.list().iter().map(|o| st.endpoint(o)).collect();
     eps.sort_by_key(|e| e.id);
     Json(eps)
 }
@@ -96,10 +152,10 @@ async fn list_endpoints(State(mgr): State<Arc<EndpointManager>>) -> Json<Vec<End
     request_body = EndpointGcRequest,
     responses((status = 200, description = "Removed keys", body = EndpointGcResult)))]
 async fn gc_endpoints(
-    State(mgr): State<Arc<EndpointManager>>,
+    State(st): State<ApiState>,
     body: Result<Json<EndpointGcRequest>, JsonRejection>,
 ) -> Result<Json<EndpointGcResult>, ApiError> {
     let Json(req) = body?;
-    let removed = mgr.gc(&req.keep).await?;
+    let removed = st.mgr.gc(&req.keep).await?;
     Ok(Json(EndpointGcResult { removed }))
 }

@@ -32,6 +32,20 @@ pub enum EndpointError {
         /// What conflicts.
         reason: String,
     },
+    /// The live state of the endpoint (pod interface, address, routes, host veth, BPF entry)
+    /// differs from what the agent created; served as 409 Conflict: the request is fine, the
+    /// kernel state conflicts with the stored endpoint.
+    #[error(
+        "endpoint {endpoint}: {}; delete and re-create the attachment (CNI DEL, then ADD) to repair it",
+        .problems.join("; ")
+    )]
+    Mismatch {
+        /// `ID (KEY)`.
+        endpoint: String,
+        /// One sentence per difference, e.g. "address 10.215.0.2/32 is missing on eth0 in
+        /// /var/run/netns/pod1".
+        problems: Vec<String>,
+    },
     /// All 65535 endpoint ids are in use.
     #[error("endpoint {0}: no free endpoint id left; delete unused endpoints")]
     IdsExhausted(String),
@@ -69,7 +83,7 @@ impl EndpointError {
             Self::BadRequest { .. } => ErrorCode::BadRequest,
             Self::Invalid { .. } => ErrorCode::Invalid,
             Self::NotFound(_) => ErrorCode::NotFound,
-            Self::Conflict { .. } => ErrorCode::Conflict,
+            Self::Conflict { .. } | Self::Mismatch { .. } => ErrorCode::Conflict,
             Self::IdsExhausted(_) => ErrorCode::Exhausted,
             Self::Ipam { source, .. } => ipam_code(source),
             Self::Step { .. } | Self::State(_) | Self::Db(_) => ErrorCode::Internal,

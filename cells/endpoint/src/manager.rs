@@ -7,17 +7,21 @@ use std::sync::Arc;
 
 use cilium_api::models::{Endpoint, EndpointChangeRequest};
 use cilium_bpf::{Datapath, EndpointInfo};
+use cilium_identity::{
+    Identity, IdentityAllocator, Labels, namespace_security_labels, pod_security_labels,
+    reserved_labels,
+};
 use cilium_ipam::Ipam;
 use cilium_ipcache::IpcacheEntry;
 use cilium_node::StateFile;
-use cilium_resources::Pod;
+use cilium_resources::{Namespace, Pod};
 use parking_lot::Mutex;
 use statedb::reconciler::Status;
 use statedb::{Db, Initializer, Query, Table, key_from_str, key_from_u64};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::EndpointError;
-use crate::netlink::{Netlink, StepError, VethSpec};
+use crate::netlink::{Netlink, POD_PREFIX_LEN, StepError, VerifySpec, VethSpec};
 use crate::obj::{
     EndpointObj, EndpointState, INDEX_ID, INDEX_KEY, INDEX_POD, fmt_mac, host_ifname, parse_mac,
     validate,
@@ -36,6 +40,8 @@ pub struct EndpointManager {
     table: Arc<Table<EndpointObj>>,
     ipcache: Arc<Table<IpcacheEntry>>,
     pods: Arc<Table<Pod>>,
+    namespaces: Arc<Table<Namespace>>,
+    identities: Arc<IdentityAllocator>,
     ipam: Arc<Ipam>,
     datapath: Arc<Datapath>,
     netlink: Netlink,
@@ -87,26 +93,56 @@ pub fn ipcache_row(ip: Ipv4Addr, identity: u32) -> IpcacheEntry {
     )
 }
 
-/// Labels, named ports and service account of a Pod object.
-fn pod_fields(pod: &Pod, obj: &mut EndpointObj) {
-    obj.labels = pod.labels.clone();
-    obj.named_ports = pod
-        .named_ports
-        .iter()
-        .map(|(name, p)| (name.clone(), format!("{}/{}", p.port, p.protocol.as_str())))
-        .collect();
-    obj.service_account = pod.service_account.clone();
+/// The security labels of an endpoint, its named ports and its service account, from its
+/// Pod object and the Pod's Namespace object:
+/// - Pod known: [`pod_security_labels`] (pod labels, namespace, namespace labels, service
+///   account, cluster);
+/// - no Pod object but K8S_POD_NAMESPACE given: [`namespace_security_labels`] (namespace,
+///   namespace labels, cluster), no named ports, no service account;
+/// - no namespace at all (a plain CNI attachment): the reserved `unmanaged` identity's label.
+fn apply_sources(pod: Option<&Pod>, ns: Option<&Namespace>, obj: &mut EndpointObj) {
+    match (pod, &obj.pod_namespace) {
+        (Some(pod), _) => {
+            obj.labels = pod_security_labels(pod, ns);
+            obj.named_ports = pod
+                .named_ports
+                .iter()
+                .map(|(name, p)| (name.clone(), format!("{}/{}", p.port, p.protocol.as_str())))
+                .collect();
+            obj.service_account = pod.service_account.clone();
+        }
+        (None, Some(namespace)) => {
+            obj.labels = namespace_security_labels(namespace, ns);
+            obj.named_ports.clear();
+            obj.service_account.clear();
+        }
+        (None, None) => {
+            obj.labels = unmanaged_labels();
+            obj.named_ports.clear();
+            obj.service_account.clear();
+        }
+    }
+}
+
+fn unmanaged_labels() -> Labels {
+    reserved_labels("unmanaged")
 }
 
 impl EndpointManager {
     /// Builds the manager: starts the netlink thread, restores `endpoints.json` into the table
     /// and registers initializers on the `endpoints` and `ipcache` tables (done by
     /// [`EndpointManager::restore`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one parameter per injected dependency, as the hive provides them"
+    )]
     pub fn new(
         db: Arc<Db>,
         table: Arc<Table<EndpointObj>>,
         ipcache: Arc<Table<IpcacheEntry>>,
         pods: Arc<Table<Pod>>,
+        namespaces: Arc<Table<Namespace>>,
+        identities: Arc<IdentityAllocator>,
         ipam: Arc<Ipam>,
         datapath: Arc<Datapath>,
         state: StateFile,
@@ -129,6 +165,8 @@ impl EndpointManager {
             table,
             ipcache,
             pods,
+            namespaces,
+            identities,
             ipam,
             datapath,
             netlink,
@@ -232,16 +270,14 @@ impl EndpointManager {
             state: EndpointState::Creating,
             status: Status::pending(),
         };
-        if let Some(pod) = obj.pod() {
-            let txn = self.db.read_txn();
-            let q = self.pods.primary_index().query(key_from_str(&pod));
-            if let Some(p) = self.pods.get(&txn, &q) {
-                pod_fields(&p, &mut obj);
-            }
-        }
+        self.resolve_sources(&mut obj);
+        obj.identity = self.allocate_identity(&obj, None)?.0;
         // The creating row reserves the id and is on disk, so a crash mid-way is cleaned up
         // at the next start.
-        self.put_row(obj.clone())?;
+        if let Err(e) = self.put_row(obj.clone()) {
+            self.release_identity(&obj, obj.identity);
+            return Err(e);
+        }
         let mut done = Done::default();
         match self.plumb(&mut obj, req, &mut done).await {
             Ok(()) => {
@@ -373,6 +409,42 @@ impl EndpointManager {
         if let Err(e) = self.drop_rows(obj) {
             tracing::warn!(endpoint = obj.id, error = %e, "undo: removing the endpoint row failed");
         }
+        self.release_identity(obj, obj.identity);
+    }
+
+    /// Fills labels, named ports and service account of `obj` from the current Pod and
+    /// Namespace objects (see [`apply_sources`]).
+    fn resolve_sources(&self, obj: &mut EndpointObj) {
+        let txn = self.db.read_txn();
+        let pod = obj.pod().and_then(|key| {
+            self.pods
+                .get(&txn, &self.pods.primary_index().query(key_from_str(&key)))
+        });
+        let ns = obj.pod_namespace.as_ref().and_then(|name| {
+            self.namespaces.get(
+                &txn,
+                &self.namespaces.primary_index().query(key_from_str(name)),
+            )
+        });
+        apply_sources(pod.as_deref(), ns.as_deref(), obj);
+    }
+
+    /// The identity of `obj.labels` with the endpoint key as owner.
+    fn allocate_identity(
+        &self,
+        obj: &EndpointObj,
+        preferred: Option<Identity>,
+    ) -> Result<Identity, EndpointError> {
+        self.identities
+            .allocate_hinted(&obj.labels, &obj.key, preferred)
+            .map_err(|e| step(obj, "allocating the security identity", e))
+    }
+
+    /// Drops the endpoint's reference to `identity`; logged, never fails the caller.
+    fn release_identity(&self, obj: &EndpointObj, identity: u32) {
+        if let Err(e) = self.identities.release(Identity(identity), &obj.key) {
+            tracing::warn!(endpoint = obj.id, identity, error = %e, "releasing the security identity failed");
+        }
     }
 
     /// Removes the map entry of `obj` if it still belongs to it.
@@ -444,6 +516,7 @@ impl EndpointManager {
             .release_owner(&obj.key)
             .map_err(|e| step(obj, "releasing the address", e))?;
         self.drop_rows(obj)?;
+        self.release_identity(obj, obj.identity);
         tracing::info!(endpoint = obj.id, key = %obj.key, ip = %obj.ipv4, "endpoint deleted");
         Ok(())
     }
@@ -456,6 +529,68 @@ impl EndpointManager {
             .ok_or_else(|| EndpointError::NotFound(id_or_key.to_string()))?;
         self.teardown(&obj).await?;
         Ok(obj.to_api())
+    }
+
+    /// Checks the live state of the endpoint with this id or key against what was created:
+    /// in the pod's namespace the interface (present, up, MAC), its address, the route to the
+    /// gateway and the default route through it; on the host the veth (present, up, same
+    /// ifindex) and the BPF endpoint map entry for the address (same ifindex and endpoint id).
+    /// `NotFound` when unknown, `Mismatch` naming every difference, `Step` when the check
+    /// itself could not run.
+    pub async fn verify(&self, id_or_key: &str) -> Result<Endpoint, EndpointError> {
+        // Serialized with create/delete, so a half-done operation is never reported.
+        let _g = self.ops.lock().await;
+        let obj = self
+            .get(id_or_key)
+            .ok_or_else(|| EndpointError::NotFound(id_or_key.to_string()))?;
+        let mut problems = Vec::new();
+        if obj.state == EndpointState::Ready {
+            problems = self
+                .netlink
+                .verify(VerifySpec {
+                    netns: obj.netns.clone().into(),
+                    ifname: obj.ifname.clone(),
+                    mac: parse_mac(&obj.mac),
+                    ip: obj.ipv4,
+                    prefix_len: POD_PREFIX_LEN,
+                    gateway: obj.gateway,
+                    host_ifname: obj.host_ifname.clone(),
+                    host_ifindex: obj.host_ifindex,
+                })
+                .await
+                .map_err(|e| from_step(&obj, e))?;
+            problems.extend(self.verify_map_entry(&obj)?);
+        } else {
+            problems.push(format!("state is {}, not ready", obj.state.as_str()));
+        }
+        if problems.is_empty() {
+            return Ok(obj.to_api());
+        }
+        tracing::info!(endpoint = obj.id, key = %obj.key, problems = ?problems, "endpoint verification found differences");
+        Err(EndpointError::Mismatch {
+            endpoint: obj.describe(),
+            problems,
+        })
+    }
+
+    /// The differences between the BPF endpoint map entry of `obj`'s address and `obj`.
+    fn verify_map_entry(&self, obj: &EndpointObj) -> Result<Option<String>, EndpointError> {
+        let ip = obj.ipv4;
+        let entry = self
+            .datapath
+            .maps()
+            .endpoints
+            .get(ip)
+            .map_err(|e| step(obj, format!("reading the endpoint map entry for {ip}"), e))?;
+        Ok(match entry {
+            None => Some(format!("the BPF endpoint map has no entry for {ip}")),
+            Some(e) if e.ifindex != obj.host_ifindex || e.ep_id != obj.id => Some(format!(
+                "the BPF endpoint map entry for {ip} has ifindex {} and endpoint id {}, \
+                 expected ifindex {} and endpoint id {}",
+                e.ifindex, e.ep_id, obj.host_ifindex, obj.id
+            )),
+            Some(_) => None,
+        })
     }
 
     /// CNI GC: deletes every `cni:` endpoint whose key is not in `keep`; returns their keys.
@@ -506,6 +641,17 @@ impl EndpointManager {
                     report.errors.push(e.to_string());
                 }
             }
+        }
+        // Identity references of endpoints that did not come back (deleted while the agent
+        // was down, or a crash between allocating and writing the row).
+        let dropped = self
+            .identities
+            .retain_owners("cni:", |key| self.get(key).is_some())?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped identity references of endpoints that are gone"
+            );
         }
         let mut w = self.db.write_txn(&[&*self.table, &*self.ipcache])?;
         for init in self.inits.lock().drain(..) {
@@ -564,14 +710,18 @@ impl EndpointManager {
         if let Err(e) = self.ipam.allocate(&obj.key, Some(obj.ipv4)) {
             tracing::warn!(endpoint = obj.id, error = %e, "re-registering the endpoint address with IPAM failed");
         }
-        if let Some(pod) = cur.pod() {
-            let txn = self.db.read_txn();
-            let q = self.pods.primary_index().query(key_from_str(&pod));
-            if let Some(p) = self.pods.get(&txn, &q) {
-                pod_fields(&p, &mut cur);
+        // Same labels give the same identity (restored from identities.json); if that file
+        // lost it, the endpoint keeps its old id when free.
+        self.resolve_sources(&mut cur);
+        cur.identity = self
+            .allocate_identity(&cur, Some(Identity(obj.identity)))?
+            .0;
+        if let Err(e) = self.write_map_entry(&cur) {
+            if cur.identity != obj.identity {
+                self.release_identity(&cur, cur.identity);
             }
+            return Err(e);
         }
-        self.write_map_entry(&cur)?;
         self.datapath
             .attach_endpoint(cur.host_ifindex, &cur.host_ifname)
             .map_err(|e| {
@@ -590,67 +740,146 @@ impl EndpointManager {
         self.ipcache
             .insert(&mut w, ipcache_row(cur.ipv4, cur.identity))?;
         w.commit();
+        if cur.identity != obj.identity {
+            self.release_identity(obj, obj.identity);
+        }
         Ok(true)
     }
 
-    /// Applies the current Pod object `ns/name` (or its absence) to the endpoints of that pod.
+    /// Re-evaluates the endpoints of the pod `ns/name` against the current Pod and Namespace
+    /// objects; returns how many changed.
     pub async fn relabel_pod(&self, pod_key: &str) -> Result<usize, EndpointError> {
         let _g = self.ops.lock().await;
         let txn = self.db.read_txn();
-        let q = self.pods.primary_index().query(key_from_str(pod_key));
-        let pod = self.pods.get(&txn, &q);
         let eps: Vec<EndpointObj> = self
             .table
             .list(&txn, &Query::new(INDEX_POD, key_from_str(pod_key)))
             .map(|o| (*o).clone())
             .collect();
-        let mut changed = Vec::new();
-        for ep in eps {
-            let mut new = ep.clone();
-            match &pod {
-                Some(p) => pod_fields(p, &mut new),
-                None => {
-                    new.labels.clear();
-                    new.named_ports.clear();
-                    new.service_account.clear();
-                }
-            }
-            if new != ep {
-                changed.push(new);
-            }
-        }
-        if changed.is_empty() {
-            return Ok(0);
-        }
-        let mut w = self.db.write_txn(&[&*self.table])?;
-        for obj in &changed {
-            self.table.insert(&mut w, obj.clone())?;
-            tracing::info!(endpoint = obj.id, pod = pod_key, labels = ?obj.labels, "endpoint relabeled");
-        }
-        w.commit();
-        self.persist()?;
-        Ok(changed.len())
+        self.reevaluate(eps)
     }
 
-    /// Follows the pods table until cancelled, relabelling endpoints on every change.
-    pub async fn watch_pods(&self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut changes = {
-            let mut w = self.db.write_txn(&[&*self.pods])?;
-            let c = self.pods.changes(&mut w)?;
+    /// Re-evaluates every endpoint in namespace `ns` (its labels are part of theirs).
+    pub async fn relabel_namespace(&self, ns: &str) -> Result<usize, EndpointError> {
+        let _g = self.ops.lock().await;
+        let txn = self.db.read_txn();
+        let eps: Vec<EndpointObj> = self
+            .table
+            .all(&txn)
+            .filter(|o| o.pod_namespace.as_deref() == Some(ns))
+            .map(|o| (*o).clone())
+            .collect();
+        self.reevaluate(eps)
+    }
+
+    /// Recomputes labels, named ports, service account and identity of ready endpoints; for
+    /// each that changed: allocate the new identity, rewrite the BPF endpoint entry, then the
+    /// row and its ipcache /32 in one transaction, persist, and only then release the old
+    /// identity, so the endpoint never runs without one. Caller holds `ops`.
+    fn reevaluate(&self, eps: Vec<EndpointObj>) -> Result<usize, EndpointError> {
+        let mut changed = 0;
+        let mut first_err = None;
+        for ep in eps {
+            if ep.state != EndpointState::Ready {
+                continue;
+            }
+            let mut new = ep.clone();
+            self.resolve_sources(&mut new);
+            if new.labels == ep.labels
+                && new.named_ports == ep.named_ports
+                && new.service_account == ep.service_account
+                && ep.identity != 0
+            {
+                continue;
+            }
+            match self.relabel_one(&ep, new) {
+                Ok(()) => changed += 1,
+                Err(e) => {
+                    tracing::warn!(endpoint = ep.id, error = %e, "re-evaluating the endpoint's identity failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if changed > 0 {
+            self.persist()?;
+        }
+        match first_err {
+            Some(e) if changed == 0 => Err(e),
+            _ => Ok(changed),
+        }
+    }
+
+    fn relabel_one(&self, old: &EndpointObj, mut new: EndpointObj) -> Result<(), EndpointError> {
+        new.identity = self.allocate_identity(&new, None)?.0;
+        let undo = |e: EndpointError| {
+            if new.identity != old.identity {
+                self.release_identity(&new, new.identity);
+            }
+            e
+        };
+        if new.identity != old.identity {
+            self.write_map_entry(&new).map_err(undo)?;
+        }
+        let commit = || -> Result<(), EndpointError> {
+            let mut w = self.db.write_txn(&[&*self.table, &*self.ipcache])?;
+            self.table.insert(&mut w, new.clone())?;
+            if !new.ipv4.is_unspecified() {
+                self.ipcache
+                    .insert(&mut w, ipcache_row(new.ipv4, new.identity))?;
+            }
             w.commit();
-            c
+            Ok(())
+        };
+        if let Err(e) = commit() {
+            // Put the old identity back into the map entry before giving up.
+            if new.identity != old.identity {
+                let _ = self.write_map_entry(old);
+            }
+            return Err(undo(e));
+        }
+        tracing::info!(endpoint = new.id, identity = new.identity, old_identity = old.identity,
+            labels = %cilium_identity::format_labels(&new.labels), "endpoint relabeled");
+        if new.identity != old.identity {
+            self.release_identity(old, old.identity);
+        }
+        Ok(())
+    }
+
+    /// Follows the pods and namespaces tables until cancelled, re-evaluating the endpoints of
+    /// every changed Pod or Namespace.
+    pub async fn watch_labels(&self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let (mut pods, mut namespaces) = {
+            let mut w = self.db.write_txn(&[&*self.pods, &*self.namespaces])?;
+            let p = self.pods.changes(&mut w)?;
+            let n = self.namespaces.changes(&mut w)?;
+            w.commit();
+            (p, n)
         };
         loop {
             let txn = self.db.read_txn();
-            let (batch, watch) = changes.next(&txn);
-            for ch in batch {
+            let (pod_batch, pod_watch) = pods.next(&txn);
+            let (ns_batch, ns_watch) = namespaces.next(&txn);
+            let ns_names: std::collections::BTreeSet<String> = ns_batch
+                .into_iter()
+                .map(|c| c.object.name.clone())
+                .collect();
+            for name in &ns_names {
+                if let Err(e) = self.relabel_namespace(name).await {
+                    tracing::warn!(namespace = %name, error = %e, "relabelling endpoints failed");
+                }
+            }
+            for ch in pod_batch {
+                if ns_names.contains(&ch.object.namespace) {
+                    continue;
+                }
                 let key = format!("{}/{}", ch.object.namespace, ch.object.name);
                 if let Err(e) = self.relabel_pod(&key).await {
                     tracing::warn!(pod = %key, error = %e, "relabelling endpoints failed");
                 }
             }
             tokio::select! {
-                () = watch.changed() => {}
+                () = pod_watch.changed() => {}
+                () = ns_watch.changed() => {}
                 () = cancel.cancelled() => return Ok(()),
             }
         }

@@ -13,8 +13,11 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,6 +71,30 @@ pub struct VethInfo {
     pub pod_mac: [u8; 6],
 }
 
+/// Prefix length of the pod address installed on the pod interface.
+pub const POD_PREFIX_LEN: u8 = 32;
+
+/// What the live state of one endpoint should look like, for [`Netlink::verify`].
+#[derive(Debug, Clone)]
+pub struct VerifySpec {
+    /// Pod network namespace path.
+    pub netns: PathBuf,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// Pod-side MAC the endpoint recorded (`None`: not checked).
+    pub mac: Option<[u8; 6]>,
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Prefix length the address must carry.
+    pub prefix_len: u8,
+    /// Gateway: an on-link route to it and the default route through it.
+    pub gateway: Ipv4Addr,
+    /// Host-side veth name.
+    pub host_ifname: String,
+    /// Host-side ifindex the endpoint recorded.
+    pub host_ifindex: u32,
+}
+
 /// A host link found by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostLink {
@@ -99,6 +126,10 @@ enum Request {
         name: String,
         addr: Ipv4Addr,
         reply: oneshot::Sender<StepResult<()>>,
+    },
+    Verify {
+        spec: VerifySpec,
+        reply: oneshot::Sender<StepResult<Vec<String>>>,
     },
 }
 
@@ -177,6 +208,18 @@ impl Netlink {
         .await
     }
 
+    /// Compares the live state of one endpoint with `spec`: inside the pod namespace the
+    /// interface (present, up, MAC), its address, the gateway route and the default route; on
+    /// the host the veth (present, up, ifindex). Returns one sentence per difference (empty
+    /// when everything matches); `Err` only when the check itself could not run.
+    pub async fn verify(&self, spec: VerifySpec) -> StepResult<Vec<String>> {
+        self.call("verifying an endpoint", |reply| Request::Verify {
+            spec,
+            reply,
+        })
+        .await
+    }
+
     /// Looks up a host link by name.
     pub async fn link_by_name(&self, name: &str) -> StepResult<Option<HostLink>> {
         let name = name.to_string();
@@ -241,6 +284,14 @@ fn worker(
                 }
                 Request::LinkByName { name, reply } => {
                     let _ = reply.send(link_by_name(&handle, &name).await);
+                }
+                Request::Verify { spec, reply } => {
+                    let res = verify(&handle, &spec).await;
+                    let fatal = matches!(&res, Err(e) if e.step.starts_with("FATAL"));
+                    let _ = reply.send(res);
+                    if fatal {
+                        break;
+                    }
                 }
             }
         }
@@ -533,10 +584,15 @@ async fn configure_pod_side(pod: &Handle, s: &VethSpec, ns: &str) -> StepResult<
     let idx = link.header.index;
     let mac = mac_of(&link);
     pod.address()
-        .add(idx, IpAddr::V4(s.ip), 32)
+        .add(idx, IpAddr::V4(s.ip), POD_PREFIX_LEN)
         .execute()
         .await
-        .map_err(|e| step_err(format!("adding {}/32 to {ifname} in {ns}", s.ip))(nl_err(e)))?;
+        .map_err(|e| {
+            step_err(format!(
+                "adding {}/{POD_PREFIX_LEN} to {ifname} in {ns}",
+                s.ip
+            ))(nl_err(e))
+        })?;
     pod.link()
         .set(LinkUnspec::new_with_index(idx).up().build())
         .execute()
@@ -574,6 +630,190 @@ async fn configure_pod_side(pod: &Handle, s: &VethSpec, ns: &str) -> StepResult<
     Ok(mac)
 }
 
+fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Host side of [`Netlink::verify`], then the pod side.
+async fn verify(host: &Handle, s: &VerifySpec) -> StepResult<Vec<String>> {
+    let mut problems = Vec::new();
+    let h = &s.host_ifname;
+    match get_link(host, h)
+        .await
+        .map_err(|e| step_err(format!("looking up host veth {h}"))(nl_err(e)))?
+    {
+        None => problems.push(format!("host veth {h} is missing")),
+        Some(l) => {
+            if l.header.index != s.host_ifindex {
+                problems.push(format!(
+                    "host veth {h} has ifindex {}, the endpoint has {}",
+                    l.header.index, s.host_ifindex
+                ));
+            }
+            if !l.header.flags.contains(LinkFlags::Up) {
+                problems.push(format!("host veth {h} is down"));
+            }
+        }
+    }
+    let ns = s.netns.display().to_string();
+    // A vanished namespace is a finding, not a failure of the check.
+    if std::fs::metadata(&s.netns).is_err() {
+        problems.push(format!("network namespace {ns} is gone"));
+        return Ok(problems);
+    }
+    let (pod, conn_task) = connect_in_netns(&s.netns)?;
+    let res = verify_pod_side(&pod, s, &ns, &mut problems).await;
+    conn_task.abort();
+    res.map(|()| problems)
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+fn route_v4(
+    r: &RouteMessage,
+    want: fn(&RouteAttribute) -> Option<&RouteAddress>,
+) -> Option<Ipv4Addr> {
+    r.attributes.iter().find_map(|a| match want(a) {
+        Some(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn route_dst(r: &RouteMessage) -> Ipv4Addr {
+    route_v4(r, |a| match a {
+        RouteAttribute::Destination(d) => Some(d),
+        _ => None,
+    })
+    .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+fn route_gw(r: &RouteMessage) -> Option<Ipv4Addr> {
+    route_v4(r, |a| match a {
+        RouteAttribute::Gateway(g) => Some(g),
+        _ => None,
+    })
+}
+
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// Whether the prefix `dst/len` contains `ip`.
+fn prefix_contains(dst: Ipv4Addr, len: u8, ip: Ipv4Addr) -> bool {
+    let mask = match len {
+        0 => 0,
+        1..=32 => u32::MAX << (32 - u32::from(len)),
+        _ => return false,
+    };
+    u32::from(dst) & mask == u32::from(ip) & mask
+}
+
+async fn verify_pod_side(
+    pod: &Handle,
+    s: &VerifySpec,
+    ns: &str,
+    problems: &mut Vec<String>,
+) -> StepResult<()> {
+    let ifname = &s.ifname;
+    let Some(link) = get_link(pod, ifname)
+        .await
+        .map_err(|e| step_err(format!("looking up {ifname} in {ns}"))(nl_err(e)))?
+    else {
+        problems.push(format!("interface {ifname} is missing in {ns}"));
+        return Ok(());
+    };
+    let idx = link.header.index;
+    if !link.header.flags.contains(LinkFlags::Up) {
+        problems.push(format!("interface {ifname} in {ns} is down"));
+    }
+    if let Some(want) = s.mac {
+        let have = mac_of(&link);
+        if have != want {
+            problems.push(format!(
+                "interface {ifname} in {ns} has MAC {}, the endpoint has {}",
+                fmt_mac(&have),
+                fmt_mac(&want)
+            ));
+        }
+    }
+
+    let mut prefixes = Vec::new();
+    let mut addrs = pod.address().get().set_link_index_filter(idx).execute();
+    while let Some(msg) = addrs
+        .try_next()
+        .await
+        .map_err(|e| step_err(format!("listing the addresses of {ifname} in {ns}"))(nl_err(e)))?
+    {
+        let ours = msg.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Address(IpAddr::V4(a)) | AddressAttribute::Local(IpAddr::V4(a)) if *a == s.ip)
+        });
+        if ours {
+            prefixes.push(msg.header.prefix_len);
+        }
+    }
+    if !prefixes.contains(&s.prefix_len) {
+        match prefixes.first() {
+            None => problems.push(format!(
+                "address {}/{} is missing on {ifname} in {ns}",
+                s.ip, s.prefix_len
+            )),
+            Some(p) => problems.push(format!(
+                "address {} on {ifname} in {ns} has prefix /{p}, not /{}",
+                s.ip, s.prefix_len
+            )),
+        }
+    }
+
+    let mut gw_route = false;
+    let mut default_route = false;
+    let mut routes = pod
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = routes
+        .try_next()
+        .await
+        .map_err(|e| step_err(format!("listing the routes in {ns}"))(nl_err(e)))?
+    {
+        if route_table(&r) != u32::from(RouteHeader::RT_TABLE_MAIN) || route_oif(&r) != Some(idx) {
+            continue;
+        }
+        let len = r.header.destination_prefix_length;
+        match route_gw(&r) {
+            None if prefix_contains(route_dst(&r), len, s.gateway) => gw_route = true,
+            Some(gw) if gw == s.gateway && len == 0 => default_route = true,
+            _ => {}
+        }
+    }
+    if !gw_route {
+        problems.push(format!(
+            "route to the gateway {} on {ifname} is missing in {ns}",
+            s.gateway
+        ));
+    }
+    if !default_route {
+        problems.push(format!(
+            "default route via {} on {ifname} is missing in {ns}",
+            s.gateway
+        ));
+    }
+    Ok(())
+}
+
 /// Sets a global IPv4 sysctl under /proc/sys/net/ipv4 (e.g. `ip_forward`).
 pub fn set_ipv4_sysctl(name: &str, value: &str) -> std::io::Result<()> {
     let path = format!("/proc/sys/net/ipv4/{name}");
@@ -581,4 +821,25 @@ pub fn set_ipv4_sysctl(name: &str, value: &str) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::write(&path, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_contain_addresses() {
+        let gw = Ipv4Addr::new(10, 1, 2, 1);
+        assert!(prefix_contains(gw, 32, gw));
+        assert!(prefix_contains(Ipv4Addr::new(10, 1, 2, 0), 24, gw));
+        assert!(prefix_contains(Ipv4Addr::UNSPECIFIED, 0, gw));
+        assert!(!prefix_contains(Ipv4Addr::new(10, 1, 3, 0), 24, gw));
+        assert!(!prefix_contains(Ipv4Addr::new(10, 1, 2, 2), 32, gw));
+        assert!(!prefix_contains(gw, 33, gw));
+    }
+
+    #[test]
+    fn macs_are_formatted() {
+        assert_eq!(fmt_mac(&[2, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
+    }
 }

@@ -144,6 +144,7 @@ impl Env {
                 cilium_datapath::cell(),
                 cilium_ipcache::cell(),
                 cilium_endpoint::cell(),
+                cilium_identity::cell(),
             ],
         )])
         .with_config_override(move |c: &mut cilium_node::NodeConfig| {
@@ -196,6 +197,8 @@ struct Agent {
     pods: Arc<Table<Pod>>,
     ipam: Arc<cilium_ipam::Ipam>,
     dp: Arc<cilium_bpf::Datapath>,
+    ids: Arc<cilium_identity::IdentityAllocator>,
+    resources: Arc<cilium_resources::Resources>,
 }
 
 async fn start(env: &Env) -> Agent {
@@ -220,6 +223,11 @@ async fn start(env: &Env) -> Agent {
         pods: hive.get::<Table<Pod>>().unwrap().unwrap(),
         ipam: hive.get::<cilium_ipam::Ipam>().unwrap().unwrap(),
         dp: hive.get::<cilium_bpf::Datapath>().unwrap().unwrap(),
+        ids: hive
+            .get::<cilium_identity::IdentityAllocator>()
+            .unwrap()
+            .unwrap(),
+        resources: hive.get::<cilium_resources::Resources>().unwrap().unwrap(),
         hive,
     }
 }
@@ -496,4 +504,293 @@ async fn restart_restores_endpoints_and_keeps_traffic() {
         second.mgr.delete(k).await.unwrap();
     }
     second.hive.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_what_differs_in_the_live_state() {
+    if let Some(why) = missing_privilege() {
+        return skip(&why);
+    }
+    let mut env = Env::new(2);
+    let (ns, path) = env.add_netns("v");
+    let a = start(&env).await;
+
+    assert!(matches!(
+        a.mgr.verify("cni:nope:eth0").await,
+        Err(EndpointError::NotFound(_))
+    ));
+    let ep = a
+        .mgr
+        .create("cni:va:eth0", &req("va", &path, "va"))
+        .await
+        .unwrap();
+    // Right after create everything matches, by key and by id.
+    assert_eq!(a.mgr.verify("cni:va:eth0").await.unwrap(), ep);
+    assert_eq!(a.mgr.verify(&ep.id.to_string()).await.unwrap(), ep);
+
+    // The address is removed inside the pod.
+    let addr = format!("{}/32", ep.ipv4);
+    let out = run(&["ip", "-n", &ns, "addr", "del", &addr, "dev", "eth0"]);
+    assert!(out.status.success(), "{out:?}");
+    let e = a.mgr.verify("cni:va:eth0").await.unwrap_err();
+    assert_eq!(e.code(), cilium_api::ErrorCode::Conflict, "{e}");
+    let msg = e.to_string();
+    let want = format!(
+        "endpoint {} (cni:va:eth0): address {addr} is missing on eth0 in {path}",
+        ep.id
+    );
+    assert!(msg.starts_with(&want), "{msg}");
+    assert!(
+        !msg.contains("host veth") && !msg.contains("BPF"),
+        "host side reported although intact: {msg}"
+    );
+
+    // The BPF entry points elsewhere.
+    let mut info = a.dp.maps().endpoints.get(ep.ipv4).unwrap().unwrap();
+    let good = info;
+    info.ep_id = ep.id.wrapping_add(1000);
+    a.dp.maps().endpoints.upsert(ep.ipv4, &info).unwrap();
+    let msg = a.mgr.verify("cni:va:eth0").await.unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!(
+            "BPF endpoint map entry for {} has ifindex {} and endpoint id {}",
+            ep.ipv4,
+            good.ifindex,
+            ep.id.wrapping_add(1000)
+        )),
+        "{msg}"
+    );
+    a.dp.maps().endpoints.upsert(ep.ipv4, &good).unwrap();
+
+    // The pod interface is deleted (its host peer goes with it).
+    let out = run(&["ip", "-n", &ns, "link", "del", "eth0"]);
+    assert!(out.status.success(), "{out:?}");
+    let msg = a.mgr.verify("cni:va:eth0").await.unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("interface eth0 is missing in {path}")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("host veth {} is missing", ep.host_ifname)),
+        "{msg}"
+    );
+
+    // The endpoint is still known and can be deleted; afterwards verify says NotFound.
+    a.mgr.delete("cni:va:eth0").await.unwrap();
+    assert!(matches!(
+        a.mgr.verify("cni:va:eth0").await,
+        Err(EndpointError::NotFound(_))
+    ));
+    a.hive.stop().await.unwrap();
+}
+
+/// `ciliumctl apply` of a Namespace `ns` with `labels` (persisted like the CLI would).
+fn apply_ns(a: &Agent, ns: &str, labels: &str) {
+    a.resources
+        .apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{{labels}}}\n"
+        ))
+        .unwrap();
+}
+
+/// `ciliumctl apply` of a Pod `ns/name` with `labels`.
+fn apply_pod(a: &Agent, ns: &str, name: &str, labels: &str) {
+    a.resources
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\n"
+        ))
+        .unwrap();
+}
+
+/// Identity of endpoint `key` in the table, the BPF endpoint map and the BPF ipcache agree.
+async fn identity_everywhere(a: &Agent, key: &str, want: u32) {
+    let mgr = a.mgr.clone();
+    let dp = a.dp.clone();
+    let key = key.to_string();
+    eventually(
+        &format!("identity {want} on {key} in table, lxc map and ipcache"),
+        || {
+            let Some(ep) = mgr.get(&key) else {
+                return false;
+            };
+            let lxc = dp.maps().endpoints.get(ep.ipv4).ok().flatten();
+            let ipc = dp.maps().ipcache.lookup_addr(ep.ipv4).ok().flatten();
+            ep.identity == want
+                && lxc.is_some_and(|i| i.sec_identity == want)
+                && ipc.is_some_and(|v| v.sec_identity == want)
+        },
+    )
+    .await;
+}
+
+fn identity_of(a: &Agent, key: &str) -> u32 {
+    a.mgr.get(key).unwrap().identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_follow_pod_and_namespace_labels_and_survive_restart() {
+    if let Some(why) = missing_privilege() {
+        return skip(&why);
+    }
+    let mut env = Env::new(3);
+    let (_, path_a) = env.add_netns("a");
+    let (_, path_b) = env.add_netns("b");
+    let (_, path_c) = env.add_netns("c");
+    let (_, path_d) = env.add_netns("d");
+    let a = start(&env).await;
+    let ns = "idns";
+    apply_ns(&a, ns, "team: red");
+    apply_pod(&a, ns, "pa", "app: web");
+    apply_pod(&a, ns, "pb", "app: web");
+    apply_pod(&a, ns, "pc", "app: db");
+    let mk = |cid: &str, path: &str, pod: Option<&str>| EndpointChangeRequest {
+        container_id: cid.into(),
+        netns: path.into(),
+        ifname: "eth0".into(),
+        pod_namespace: Some(ns.into()),
+        pod_name: pod.map(str::to_string),
+        ..Default::default()
+    };
+    let ea = a
+        .mgr
+        .create("cni:ia:eth0", &mk("ia", &path_a, Some("pa")))
+        .await
+        .unwrap();
+    let eb = a
+        .mgr
+        .create("cni:ib:eth0", &mk("ib", &path_b, Some("pb")))
+        .await
+        .unwrap();
+    let ec = a
+        .mgr
+        .create("cni:ic:eth0", &mk("ic", &path_c, Some("pc")))
+        .await
+        .unwrap();
+    // No Pod object: the namespace-derived labels only.
+    let ed = a
+        .mgr
+        .create("cni:id:eth0", &mk("id", &path_d, None))
+        .await
+        .unwrap();
+
+    // Same labels, same identity; different labels, different identity.
+    assert_eq!(ea.identity, eb.identity);
+    assert_ne!(ea.identity, ec.identity);
+    assert!(
+        ea.identity >= 256 && ec.identity >= 256,
+        "{} {}",
+        ea.identity,
+        ec.identity
+    );
+    assert_eq!(ea.labels["io.kubernetes.pod.namespace"], ns);
+    assert_eq!(ea.labels["io.cilium.k8s.namespace.labels.team"], "red");
+    assert_eq!(ea.labels["io.cilium.k8s.policy.serviceaccount"], "default");
+    assert_eq!(ea.labels["io.cilium.k8s.policy.cluster"], "default");
+    assert_eq!(ed.labels["io.kubernetes.pod.namespace"], ns);
+    assert!(!ed.labels.contains_key("app"));
+    assert!(ed.identity >= 256 && ed.identity != ea.identity && ed.identity != ec.identity);
+    let shared = a.ids.get(cilium_identity::Identity(ea.identity)).unwrap();
+    assert_eq!(
+        shared.owners.iter().cloned().collect::<Vec<_>>(),
+        vec!["cni:ia:eth0".to_string(), "cni:ib:eth0".to_string()]
+    );
+    for (k, id) in [
+        ("cni:ia:eth0", ea.identity),
+        ("cni:ic:eth0", ec.identity),
+        ("cni:id:eth0", ed.identity),
+    ] {
+        identity_everywhere(&a, k, id).await;
+    }
+
+    // Pod relabel: A moves to a new identity; B keeps the shared one, now owned by B only.
+    apply_pod(&a, ns, "pa", "app: web2");
+    let mgr = a.mgr.clone();
+    let old = ea.identity;
+    eventually("A relabeled", || {
+        mgr.get("cni:ia:eth0").is_some_and(|e| e.identity != old)
+    })
+    .await;
+    let a_new = identity_of(&a, "cni:ia:eth0");
+    assert_eq!(a.mgr.get("cni:ia:eth0").unwrap().labels["app"], "web2");
+    identity_everywhere(&a, "cni:ia:eth0", a_new).await;
+    identity_everywhere(&a, "cni:ib:eth0", old).await;
+    let shared = a.ids.get(cilium_identity::Identity(old)).unwrap();
+    assert_eq!(shared.owners.len(), 1);
+    // The endpoint list (API form) shows it too.
+    assert!(
+        a.mgr
+            .list()
+            .iter()
+            .any(|e| e.key == "cni:ia:eth0" && e.identity == a_new)
+    );
+
+    // Namespace relabel: every endpoint of the namespace gets a new identity; the unused old
+    // ones are released.
+    apply_ns(&a, ns, "team: blue");
+    let before = [a_new, old, ec.identity, ed.identity];
+    for (k, was) in ["cni:ia:eth0", "cni:ib:eth0", "cni:ic:eth0", "cni:id:eth0"]
+        .into_iter()
+        .zip(before)
+    {
+        let mgr = a.mgr.clone();
+        eventually(&format!("{k} relabeled by the namespace"), || {
+            mgr.get(k).is_some_and(|e| {
+                e.identity != was
+                    && e.labels
+                        .get("io.cilium.k8s.namespace.labels.team")
+                        .map(String::as_str)
+                        == Some("blue")
+            })
+        })
+        .await;
+        identity_everywhere(&a, k, identity_of(&a, k)).await;
+        assert!(
+            a.ids.get(cilium_identity::Identity(was)).is_none(),
+            "{was} released"
+        );
+    }
+    let after: Vec<u32> = ["cni:ia:eth0", "cni:ib:eth0", "cni:ic:eth0", "cni:id:eth0"]
+        .iter()
+        .map(|k| identity_of(&a, k))
+        .collect();
+    a.hive.stop().await.unwrap();
+    drop(a);
+
+    // Restart: same identities, same map contents.
+    let b = start(&env).await;
+    for (k, id) in ["cni:ia:eth0", "cni:ib:eth0", "cni:ic:eth0", "cni:id:eth0"]
+        .into_iter()
+        .zip(after.iter().copied())
+    {
+        assert_eq!(
+            identity_of(&b, k),
+            id,
+            "{k} keeps its identity across the restart"
+        );
+        identity_everywhere(&b, k, id).await;
+        assert!(
+            b.ids
+                .get(cilium_identity::Identity(id))
+                .unwrap()
+                .owners
+                .contains(k)
+        );
+    }
+
+    // Delete releases: no endpoint identity left.
+    for k in ["cni:ia:eth0", "cni:ib:eth0", "cni:ic:eth0", "cni:id:eth0"] {
+        b.mgr.delete(k).await.unwrap();
+    }
+    let left: Vec<u32> = b
+        .ids
+        .list()
+        .iter()
+        .filter(|o| o.kind != cilium_identity::IdentityKind::Reserved)
+        .map(|o| o.id)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "identities left after deleting every endpoint: {left:?}"
+    );
+    b.hive.stop().await.unwrap();
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::routing::{get, post};
 use cilium_api::ApiError;
 use cilium_api::models::{
@@ -30,6 +30,11 @@ pub struct AgentState {
     pub deletes: Vec<String>,
     /// When set, PUT answers this error.
     pub put_error: Option<ApiError>,
+    /// Keys of every `GET ...?verify=true`.
+    pub verifies: Vec<String>,
+    /// When set, `GET ...?verify=true` of a known endpoint answers this error (like the agent
+    /// finding the live state different: 409 naming the difference).
+    pub verify_error: Option<ApiError>,
     /// When false, healthz answers 503.
     pub not_ready: bool,
     next_id: u16,
@@ -94,16 +99,31 @@ impl StandIn {
     }
 }
 
+/// Query of `GET /v1/endpoint/{key}`.
+#[derive(serde::Deserialize)]
+struct GetQuery {
+    #[serde(default)]
+    verify: bool,
+}
+
 async fn get_endpoint(
     State(s): State<Shared>,
     UrlPath(key): UrlPath<String>,
+    Query(q): Query<GetQuery>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let s = s.lock().unwrap();
-    s.endpoints
+    let mut s = s.lock().unwrap();
+    if q.verify {
+        s.verifies.push(key.clone());
+    }
+    let ep = s
+        .endpoints
         .get(&key)
         .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("endpoint {key} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("endpoint {key} not found")))?;
+    match &s.verify_error {
+        Some(e) if q.verify => Err(e.clone()),
+        _ => Ok(Json(ep)),
+    }
 }
 
 async fn put_endpoint(
