@@ -120,6 +120,24 @@ pub async fn run_resolver(
         let r = repo.clone();
         let res = tokio::task::spawn_blocking(move || r.resolve()).await;
         let mut ws = match res {
+            Ok(Ok((stats, ws))) if stats.cidr_failures > 0 => {
+                // The rows are written, but some CIDR identity is missing or stale: retry
+                // soon even if nothing else changes.
+                health.degraded(
+                    "policy resolution incomplete",
+                    format_args!(
+                        "{} CIDR identities could not be allocated or released; retrying",
+                        stats.cidr_failures
+                    ),
+                );
+                let mut ws = ws;
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = ws.wait() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
             Ok(Ok((stats, ws))) => {
                 health.ok(format!(
                     "{} policies, {} endpoints resolved",

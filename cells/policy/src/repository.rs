@@ -68,6 +68,8 @@ pub struct ResolveStats {
     pub written: usize,
     /// Rows deleted (endpoint gone).
     pub deleted: usize,
+    /// CIDR identities that could not be allocated or released; the pass must be retried.
+    pub cidr_failures: usize,
 }
 
 struct Metrics {
@@ -92,6 +94,9 @@ pub struct Repository {
     cookies: Mutex<Cookies>,
     init: Mutex<Option<Initializer>>,
     metrics: Option<Metrics>,
+    /// Test seam: runs once in the next [`Repository::resolve`], right after the CIDR sync.
+    #[cfg(test)]
+    after_cidr_sync: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -153,6 +158,8 @@ impl Repository {
             cookies: Mutex::new(Cookies::default()),
             init: Mutex::new(Some(init)),
             metrics: metrics.flatten(),
+            #[cfg(test)]
+            after_cidr_sync: Mutex::new(None),
         })
     }
 
@@ -197,12 +204,21 @@ impl Repository {
         all
     }
 
+    /// Test seam: `f` runs once inside the next [`Repository::resolve`], after the CIDR
+    /// identities were synced and before the endpoints and identities are read.
+    #[cfg(test)]
+    pub(crate) fn set_after_cidr_sync(&self, f: impl FnOnce() + Send + 'static) {
+        *self.after_cidr_sync.lock() = Some(Box::new(f));
+    }
+
     /// Make the policy cell's CIDR identities match the stored policies: allocate missing
-    /// prefixes, release prefixes and owners no policy wants any more.
-    fn sync_cidrs(&self, policies: &[Arc<Policy>]) {
+    /// prefixes, release prefixes and owners no policy wants any more. Returns how many
+    /// allocations or releases failed (logged; the caller retries the pass).
+    fn sync_cidrs(&self, policies: &[Arc<Policy>]) -> usize {
         let Some(alloc) = &self.allocator else {
-            return;
+            return 0;
         };
+        let mut failures = 0;
         let mut desired: BTreeMap<String, BTreeSet<Ipv4Net>> = BTreeMap::new();
         for p in policies {
             let cidrs: BTreeSet<Ipv4Net> = policy_cidrs(p)
@@ -230,6 +246,7 @@ impl Repository {
                     continue;
                 }
                 if let Err(e) = alloc.allocate_cidr(*c, owner) {
+                    failures += 1;
                     tracing::warn!(owner, cidr = %c, error = %e, "allocating a CIDR identity failed");
                 }
             }
@@ -240,24 +257,34 @@ impl Repository {
                     continue;
                 }
                 if let Err(e) = alloc.release(Identity(*id), owner) {
+                    failures += 1;
                     tracing::warn!(owner, cidr = %c, error = %e, "releasing a CIDR identity failed");
                 }
             }
         }
+        failures
     }
 
     /// One full resolution: CIDR identities, selector cache update, every endpoint's policy;
     /// writes only rows that changed. Returns the watches to wait on for the next pass.
+    ///
+    /// The policy watches come from the same snapshot as the policies the pass resolves:
+    /// a policy applied or deleted while the pass runs (e.g. during the CIDR sync, which
+    /// writes the identity state file) closes them, so the next pass picks it up.
     pub fn resolve(&self) -> Result<(ResolveStats, WatchSet), PolicyError> {
         let start = Instant::now();
+        let mut ws = WatchSet::new();
         let txn = self.db.read_txn();
         let policies = self.policies(&txn);
-        self.sync_cidrs(&policies);
-        let txn = self.db.read_txn();
-        let mut ws = WatchSet::new();
         for (_, t) in &self.policies {
             ws.add(t.all_watch(&txn).1);
         }
+        let cidr_failures = self.sync_cidrs(&policies);
+        #[cfg(test)]
+        if let Some(f) = self.after_cidr_sync.lock().take() {
+            f();
+        }
+        let txn = self.db.read_txn();
         let (eps, w) = self.endpoints.all_watch(&txn);
         ws.add(w);
         let eps: Vec<Arc<EndpointObj>> = eps.map(|e| e.object()).collect();
@@ -302,6 +329,7 @@ impl Repository {
         let mut stats = ResolveStats {
             policies: policies.len(),
             endpoints: infos.len(),
+            cidr_failures,
             ..Default::default()
         };
         let mut w = self.db.write_txn(&[&self.endpoint_policies])?;
