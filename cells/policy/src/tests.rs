@@ -904,3 +904,184 @@ specs:
     assert_eq!(idx, vec![(0, false), (1, false), (0, true)]);
     assert_eq!(p[0].rule_count(), 3);
 }
+
+/// A repository over real tables with a real identity allocator, endpoints x/a (1),
+/// x/b (2) and y/a (3) with identities from the allocator (as the endpoint cell does).
+struct RepoWorld {
+    _dir: tempfile::TempDir,
+    db: statedb::Db,
+    np: statedb::Table<Policy>,
+    alloc: Arc<cilium_identity::IdentityAllocator>,
+    repo: Repository,
+}
+
+impl RepoWorld {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = statedb::Db::new();
+        let ipcache = cilium_ipcache::new_table(&db).unwrap();
+        let idents = cilium_identity::new_table(&db).unwrap();
+        let eps = cilium_endpoint::new_table(&db).unwrap();
+        let rows = new_endpoint_policies_table(&db).unwrap();
+        let np = new_policy_table(&db, NETWORK_POLICIES_TABLE).unwrap();
+        let alloc = Arc::new(
+            cilium_identity::IdentityAllocator::new(
+                Arc::new(db.clone()),
+                Arc::new(idents.clone()),
+                Arc::new(ipcache),
+                cilium_node::StateFile::new(dir.path().join(cilium_identity::STATE_FILE)),
+                None,
+            )
+            .unwrap(),
+        );
+        let repo = Repository::new(
+            db.clone(),
+            vec![(PolicyKind::NetworkPolicy, np.clone())],
+            eps.clone(),
+            idents,
+            rows,
+            Some(alloc.clone()),
+            None,
+        )
+        .unwrap();
+        for (id, (ni, pi)) in [(0, 0), (0, 1), (1, 0)].into_iter().enumerate() {
+            let (ns, pod) = (NS[ni], PODS[pi]);
+            let key = format!("cni:{ns}-{pod}:eth0");
+            let labels = pod_labels(ns, pod);
+            let identity = alloc.allocate(&labels, &key).unwrap();
+            let obj = cilium_endpoint::EndpointObj {
+                id: u16::try_from(id + 1).unwrap(),
+                key: key.clone(),
+                container_id: format!("{ns}-{pod}"),
+                netns: "/var/run/netns/test".into(),
+                ifname: "eth0".into(),
+                host_ifname: cilium_endpoint::host_ifname(&key),
+                host_ifindex: 0,
+                mac: String::new(),
+                host_mac: String::new(),
+                ipv4: ip_of(ni, pi),
+                gateway: Ipv4Addr::new(10, 200, 0, 1),
+                prefix_len: 24,
+                mtu: 1500,
+                pod_namespace: Some(ns.into()),
+                pod_name: Some(pod.into()),
+                infra_container_id: None,
+                identity: identity.0,
+                labels,
+                named_ports: BTreeMap::new(),
+                service_account: "default".into(),
+                state: cilium_endpoint::EndpointState::Ready,
+                status: statedb::reconciler::Status::done(),
+            };
+            let mut w = db.write_txn(&[&eps]).unwrap();
+            eps.insert(&mut w, obj).unwrap();
+            w.commit();
+        }
+        Self {
+            _dir: dir,
+            db,
+            np,
+            alloc,
+            repo,
+        }
+    }
+
+    fn apply(db: &statedb::Db, np: &statedb::Table<Policy>, yaml: &str) {
+        let mut w = db.write_txn(&[np]).unwrap();
+        for p in policies(yaml) {
+            np.insert(&mut w, (*p).clone()).unwrap();
+        }
+        w.commit();
+    }
+
+    fn delete(&self, yaml: &str) {
+        let mut w = self.db.write_txn(&[&self.np]).unwrap();
+        for p in policies(yaml) {
+            self.np.delete(&mut w, &p).unwrap();
+        }
+        w.commit();
+    }
+
+    /// What `run_resolver` does: resolve again as long as the returned watches fired.
+    async fn resolve_until_settled(&self) {
+        for _ in 0..10 {
+            let (_, mut ws) = self.repo.resolve().unwrap();
+            // A zero timeout polls the wait once: Ok only if a watch is already closed.
+            let fired = tokio::time::timeout(std::time::Duration::ZERO, ws.wait())
+                .await
+                .is_ok();
+            if !fired {
+                return;
+            }
+        }
+        panic!("resolution did not settle");
+    }
+}
+
+/// The conformance e2e sequence np-ipblock-except-pod-ips → np-ipblock-egress-single-pod:
+/// the old policy (owning CIDR identities of pod /32s) is deleted and the new one applied
+/// while the resolver is releasing those identities. The new policy must still be resolved
+/// (egress of x/a enforced) and get its CIDR identity.
+#[tokio::test]
+async fn policy_applied_during_cidr_sync_is_resolved() {
+    let w = RepoWorld::new();
+    let ya = ip_of(1, 0);
+    let old = format!(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: ipblock}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from:
+    - ipBlock: {{cidr: 10.200.0.0/24, except: ['{ya}/32']}}
+"
+    );
+    let new = format!(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: ipblock-egress}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {{cidr: '{ya}/32'}}
+    ports:
+    - {{port: 80, protocol: TCP}}
+    - {{port: 81, protocol: UDP}}
+"
+    );
+    RepoWorld::apply(&w.db, &w.np, &old);
+    w.resolve_until_settled().await;
+    let ya_net: Ipv4Net = format!("{ya}/32").parse().unwrap();
+    let old_id = w.alloc.lookup_cidr(ya_net).unwrap();
+    let from_xa = |to: &str, port, proto| {
+        let (ns, pod) = to.split_once('/').unwrap();
+        w.repo.explain(("x", "a"), (ns, pod), port, proto).unwrap()
+    };
+    assert!(from_xa("x/b", 80, TCP).allowed);
+
+    // Delete the old policy; the new one lands while the pass syncs CIDR identities.
+    w.delete(&old);
+    let (db, np) = (w.db.clone(), w.np.clone());
+    let apply_new = new.clone();
+    w.repo
+        .set_after_cidr_sync(move || RepoWorld::apply(&db, &np, &apply_new));
+    w.resolve_until_settled().await;
+
+    let e = from_xa("x/b", 80, TCP);
+    assert!(!e.allowed, "x/a -> x/b must be denied by egress: {e:?}");
+    assert!(from_xa("y/a", 80, TCP).allowed);
+    assert!(from_xa("y/a", 81, UDP).allowed);
+    assert!(!from_xa("y/a", 81, TCP).allowed);
+    let id = w.alloc.lookup_cidr(ya_net).unwrap();
+    let obj = w.alloc.get(id).unwrap();
+    assert_eq!(
+        obj.owners,
+        BTreeSet::from(["policy:NetworkPolicy/x/ipblock-egress".to_string()]),
+        "old identity {old_id:?}"
+    );
+}
