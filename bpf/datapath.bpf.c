@@ -13,6 +13,8 @@
 #include "lib/conntrack.h"
 #include "lib/eps.h"
 #include "lib/events.h"
+#include "lib/lb.h"
+#include "lib/nat.h"
 #include "lib/metrics.h"
 #include "lib/policy.h"
 
@@ -180,6 +182,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *ctx, struct pkt_info *pk
 		return 0;
 
 	l4off = ETH_HLEN + ip->ihl * 4;
+	pkt->l4off = l4off;
 	switch (pkt->proto) {
 	case IPPROTO_TCP: {
 		__u8 buf[14];
@@ -286,12 +289,101 @@ static __always_inline int rewrite_for_delivery(struct __sk_buff *ctx,
 	return 0;
 }
 
+#define LB_REFUSED 1
+
+/*
+ * Per-packet translation of an original-direction packet towards a
+ * frontend: the flow's service entry (or a fresh selection: affinity,
+ * Maglev on the 5-tuple, random) gives the backend; the packet is DNATed
+ * to it (and, when the backend is the client itself, SNATed to the
+ * frontend so the reply comes back through here: hairpin). @nat receives
+ * the service state for the conntrack entry of the translated tuple.
+ * @ingress_ifindex: NodePort (replies leave through that device), 0 for pods.
+ * Returns 0 (translated or not a service), LB_REFUSED (no backend) or -DROP_*.
+ */
+static __always_inline int lb4_xlate_fwd(struct __sk_buff *ctx, const struct dp_config *cfg,
+					 struct pkt_info *pkt, __u32 src_id, struct ct_nat *nat,
+					 __u32 ingress_ifindex)
+{
+	struct lb4_service *found, svc;
+	struct lb4_backend be = {}, *bep;
+	__be32 vip = pkt->daddr, saddr = pkt->saddr;
+	__u32 id;
+	int ret;
+
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return 0;
+	found = lb4_lookup_service(pkt->daddr, pkt->dport, pkt->proto);
+	if (!found)
+		return 0;
+	svc = *found;
+	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
+		/* Track the refused packet so the refusal is a reply. */
+		int report;
+
+		ct_lookup_create4(pkt, src_id, cfg, &report);
+		return LB_REFUSED;
+	}
+	id = ct_service_lookup4(pkt, cfg);
+	if (id) {
+		bep = lb4_lookup_backend(id);
+		if (bep)
+			be = *bep;
+		else
+			id = 0;
+	}
+	if (!id) {
+		__u32 hash = lb4_flow_hash(pkt->saddr, pkt->daddr, pkt->sport, pkt->dport,
+					   pkt->proto);
+
+		id = lb4_select_backend(&svc, pkt->daddr, pkt->dport, pkt->proto, hash,
+					(__u64)pkt->saddr, 0, 1, &be);
+		if (!id) {
+			int report;
+
+			ct_lookup_create4(pkt, src_id, cfg, &report);
+			return LB_REFUSED;
+		}
+		ret = ct_service_create4(pkt, cfg, src_id, id, svc.rev_nat_id);
+		if (ret < 0)
+			return ret;
+	}
+	nat->rev_nat_id = svc.rev_nat_id;
+	nat->flags = CT_F_SERVICE;
+	nat->aux = 0;
+	if (ingress_ifindex) {
+		nat->flags |= CT_F_NODEPORT;
+		nat->aux = ingress_ifindex;
+	}
+	if (be.address == pkt->saddr) {
+		/* Hairpin: the client reaches itself; make the frontend the source. */
+		nat->flags |= CT_F_HAIRPIN;
+		saddr = vip;
+	}
+	return nat_rewrite(ctx, pkt, saddr, pkt->sport, be.address, be.port);
+}
+
+/* Reverse NAT of a reply of a translated flow (source back to the frontend). */
+static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct pkt_info *pkt,
+				       const struct ct_nat *nat)
+{
+	struct lb4_reverse_nat *rn = lb4_lookup_revnat(nat->rev_nat_id);
+	__be32 daddr = pkt->daddr;
+
+	if (!rn)
+		return 0; /* service gone: leave the packet alone */
+	if (nat->flags & CT_F_HAIRPIN)
+		daddr = pkt->saddr; /* the backend is the client */
+	return nat_rewrite(ctx, pkt, rn->address, rn->port, daddr, pkt->dport);
+}
+
 SEC("tcx/ingress")
 int cil_from_container(struct __sk_buff *ctx)
 {
 	struct dp_config cfg;
 	struct pkt_info pkt = {};
 	struct endpoint_info *src_ep, *dst_ep;
+	struct ct_nat nat = {};
 	__u32 src_id, dst_id;
 	__u16 ep_id;
 	__be16 proto;
@@ -314,9 +406,36 @@ int cil_from_container(struct __sk_buff *ctx)
 	ep_id = src_ep->ep_id;
 	src_id = src_ep->sec_identity;
 
-	status = ct_lookup_create4(&pkt, src_id, &cfg, &report);
+	/* Per-packet service translation for what the socket layer did not translate. */
+	ret = lb4_xlate_fwd(ctx, &cfg, &pkt, src_id, &nat, 0);
+	if (ret == LB_REFUSED) {
+		ret = lb_build_refusal(ctx, &pkt);
+		update_metrics(DROP_NO_SERVICE, METRIC_DIR_EGRESS, pkt.len);
+		emit_drop(&cfg, DROP_NO_SERVICE, METRIC_DIR_EGRESS, &pkt, ctx->ifindex, ep_id, src_id);
+		if (ret < 0)
+			return TC_ACT_SHOT;
+		/* Straight back into the client's namespace (skips cil_to_container). */
+		return bpf_redirect_peer(ctx->ifindex, 0);
+	}
+	if (ret < 0)
+		return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
+
+	status = ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
 	if (status < 0)
 		return drop(ctx, &cfg, -status, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
+
+	/* Replies of translated flows: reverse NAT back to the frontend. */
+	if (status == CT_REPLY && (nat.flags & CT_F_SERVICE)) {
+		ret = lb4_rev_nat(ctx, &pkt, &nat);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
+		if ((nat.flags & CT_F_NODEPORT) && nat.aux) {
+			update_metrics(0, METRIC_DIR_EGRESS, pkt.len);
+			emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_EGRESS, &pkt, ctx->ifindex, ep_id,
+				   0, src_id, IDENTITY_WORLD, nat.aux, status, report);
+			return bpf_redirect_neigh(nat.aux, NULL, 0, 0);
+		}
+	}
 
 	dst_ep = lookup_endpoint(pkt.daddr);
 	if (dst_ep && !(dst_ep->flags & ENDPOINT_F_HOST)) {
@@ -401,4 +520,195 @@ int cil_to_container(struct __sk_buff *ctx)
 	emit_trace(&cfg, TRACE_TO_LXC, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, ep_id, ep_id, src_id,
 		   dst_id, ctx->ifindex, status, report);
 	return TC_ACT_OK;
+}
+
+/*
+ * NodePort / ExternalIP / LoadBalancer frontends on the host devices
+ * (`--devices`, tcx ingress). A packet towards a frontend is DNATed to a
+ * backend selected like at from-container; the client's address is kept
+ * (backends are local: policy sees the client) and the conntrack entry
+ * remembers the device, so the backend's replies are reverse-NATed at its
+ * from-container and sent back out of this device (bpf_redirect_neigh).
+ * Without backends the client gets a TCP RST / ICMP port unreachable at
+ * once. Everything else goes to the host stack untouched.
+ */
+SEC("tcx/ingress")
+int cil_from_netdev(struct __sk_buff *ctx)
+{
+	struct dp_config cfg;
+	struct pkt_info pkt = {};
+	struct ct_nat nat = {};
+	struct endpoint_info *dst_ep;
+	__u32 src_id;
+	int ret, report = 0, status;
+
+	if (eth_proto(ctx) != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (parse_ipv4(ctx, &pkt) < 0)
+		return TC_ACT_OK;
+	if (pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if (!lb4_lookup_service(pkt.daddr, pkt.dport, pkt.proto))
+		return TC_ACT_OK;
+
+	load_config(&cfg);
+	src_id = lookup_identity(pkt.saddr);
+	ret = lb4_xlate_fwd(ctx, &cfg, &pkt, src_id, &nat, ctx->ifindex);
+	if (ret == LB_REFUSED) {
+		ret = lb_build_refusal(ctx, &pkt);
+		update_metrics(DROP_NO_SERVICE, METRIC_DIR_INGRESS, pkt.len);
+		emit_drop(&cfg, DROP_NO_SERVICE, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, 0, src_id);
+		if (ret < 0)
+			return TC_ACT_SHOT;
+		return bpf_redirect(ctx->ifindex, 0);
+	}
+	if (ret < 0)
+		return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+
+	status = ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
+	if (status < 0)
+		return drop(ctx, &cfg, -status, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+
+	dst_ep = lookup_endpoint(pkt.daddr);
+	if (dst_ep && !(dst_ep->flags & ENDPOINT_F_HOST)) {
+		struct endpoint_info dst = *dst_ep;
+
+		if (policy_check(ctx, &cfg, METRIC_DIR_INGRESS, dst.ep_id, dst.ep_id, src_id,
+				 dst.sec_identity, &pkt, status))
+			return TC_ACT_SHOT;
+		ret = rewrite_for_delivery(ctx, &dst, pkt.ttl);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
+		emit_trace(&cfg, TRACE_TO_LXC, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, 0, dst.ep_id,
+			   src_id, dst.sec_identity, dst.ifindex, status, report);
+		ret = bpf_redirect_peer(dst.ifindex, 0);
+		if (ret != TC_ACT_REDIRECT)
+			return drop(ctx, &cfg, DROP_REDIRECT_FAILED, METRIC_DIR_INGRESS, &pkt, 0,
+				    src_id);
+		return ret;
+	}
+	/* Backend outside the pods of this node: the host stack routes it. */
+	return TC_ACT_OK;
+}
+
+/* ---- Socket-level load balancing (cgroup v2 sock_addr hooks) ---- */
+
+#define ECONNREFUSED_ 111
+#define SYS_PROCEED 1
+#define SYS_REJECT 0
+
+/*
+ * Translates the destination of connect()/sendmsg() towards a frontend to a
+ * backend: ctx->user_ip4/user_port rewritten, the reverse mapping kept per
+ * socket cookie for recvmsg4/getpeername4. External frontends (NodePort,
+ * ExternalIP, LoadBalancer) are only translated in the host network
+ * namespace (cilium_lb_config_v1), so other namespaces on the machine reach
+ * them through the devices like any outside client. No backend: the call
+ * fails at once with ECONNREFUSED. @sendmsg: unconnected UDP keeps one
+ * backend per socket and frontend (cilium_lb4_sk_fwd_v1).
+ */
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendmsg)
+{
+	struct lb4_service *found, svc;
+	struct lb4_backend be = {}, *bep;
+	__be32 addr = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+	__u8 proto = (__u8)ctx->protocol;
+	__u64 netns, cookie;
+	__u32 id = 0;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return SYS_PROCEED;
+	found = lb4_lookup_service(addr, port, proto);
+	if (!found)
+		return SYS_PROCEED;
+	svc = *found;
+	netns = bpf_get_netns_cookie(ctx);
+	if (svc.flags & SVC_F_EXTERNAL) {
+		__u64 host = lb_host_netns_cookie();
+
+		if (!host || netns != host)
+			return SYS_PROCEED;
+	}
+	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
+		bpf_set_retval(-ECONNREFUSED_);
+		return SYS_REJECT;
+	}
+	cookie = bpf_get_socket_cookie(ctx);
+
+	struct lb4_sk_fwd_key fkey = { .cookie = cookie, .address = addr, .port = port, .proto = proto };
+
+	if (sendmsg) {
+		struct lb4_sk_fwd_val *fv = bpf_map_lookup_elem(&cilium_lb4_sk_fwd_v1, &fkey);
+
+		if (fv && fv->rev_nat_id == svc.rev_nat_id) {
+			bep = lb4_lookup_backend(fv->backend_id);
+			if (bep) {
+				id = fv->backend_id;
+				be = *bep;
+			}
+		}
+	}
+	if (!id) {
+		id = lb4_select_backend(&svc, addr, port, proto, 0, netns, 1, 0, &be);
+		if (!id) {
+			bpf_set_retval(-ECONNREFUSED_);
+			return SYS_REJECT;
+		}
+		if (sendmsg) {
+			struct lb4_sk_fwd_val fv = { .backend_id = id, .rev_nat_id = svc.rev_nat_id };
+
+			bpf_map_update_elem(&cilium_lb4_sk_fwd_v1, &fkey, &fv, BPF_ANY);
+		}
+	}
+
+	struct lb4_sk_key skey = { .cookie = cookie, .address = be.address, .port = be.port };
+	struct lb4_sk_val sval = { .address = addr, .port = port, .rev_nat_id = svc.rev_nat_id };
+
+	bpf_map_update_elem(&cilium_lb4_sk_v1, &skey, &sval, BPF_ANY);
+	ctx->user_ip4 = be.address;
+	ctx->user_port = (__u32)be.port;
+	return SYS_PROCEED;
+}
+
+/* The peer a translated socket sees is the frontend, not the backend. */
+static __always_inline int sock4_xlate_rev(struct bpf_sock_addr *ctx)
+{
+	struct lb4_sk_key key = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.address = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	struct lb4_sk_val *v = bpf_map_lookup_elem(&cilium_lb4_sk_v1, &key);
+
+	if (v && lb4_lookup_revnat(v->rev_nat_id)) {
+		ctx->user_ip4 = v->address;
+		ctx->user_port = (__u32)v->port;
+	}
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect4")
+int cil_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate_fwd(ctx, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int cil_sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate_fwd(ctx, 1);
+}
+
+SEC("cgroup/recvmsg4")
+int cil_sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate_rev(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int cil_sock4_getpeername(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate_rev(ctx);
 }

@@ -5,6 +5,8 @@
 pub mod client;
 mod client_datapath;
 mod client_identity;
+mod client_lbmap;
+mod client_loadbalancer;
 mod client_policy;
 mod client_policymap;
 mod client_resources;

@@ -49,6 +49,7 @@ struct pkt_info {
 	__u8 ttl;
 	__u8 icmp_type; /* ICMP: type (matched by policy through the port field) */
 	__u32 len;
+	__u32 l4off; /* offset of the layer-4 header from the start of the frame */
 };
 
 static __always_inline __u64 now_boot_ns(void)

@@ -19,13 +19,27 @@ struct ct_key4 {
 	__be16 sport; /* ICMP echo: identifier in sport (request) or dport (reply) */
 	__be16 dport;
 	__u8 proto;
-	__u8 flags; /* CT_KEY_F_*, 0 today */
+	__u8 flags; /* CT_KEY_F_* */
 	__u16 pad;
 };
+
+/* ct_key4.flags */
+#define CT_KEY_F_SERVICE (1U << 0) /* client -> frontend tuple of a load-balanced flow */
 
 /* ct_entry4.flags */
 #define CT_F_ESTABLISHED (1U << 0) /* TCP: ACK seen in both directions */
 #define CT_F_CLOSING (1U << 1)     /* TCP: RST seen, or FIN both ways */
+#define CT_F_SERVICE (1U << 2)     /* translated service flow: replies get reverse NAT */
+#define CT_F_HAIRPIN (1U << 3)     /* service flow back to its client: source NATed to the frontend */
+#define CT_F_NODEPORT (1U << 4)    /* arrived on a host device: replies leave through nat_aux */
+#define CT_F_NAT_MASK (CT_F_SERVICE | CT_F_HAIRPIN | CT_F_NODEPORT)
+
+/* Service state carried by a conntrack entry (in/out of ct_process). */
+struct ct_nat {
+	__u16 rev_nat_id;
+	__u16 flags; /* CT_F_NAT_MASK bits */
+	__u32 aux;   /* CT_F_NODEPORT: ingress ifindex; service entries: backend id */
+};
 
 /* Value of both CT maps. 64 bytes. */
 struct ct_entry4 {
@@ -40,7 +54,9 @@ struct ct_entry4 {
 	__u8 rx_flags_seen; /* TCP flags seen, reply direction */
 	__u16 flags;        /* CT_F_* */
 	__u32 last_report;  /* seconds, last trace event (aggregation) */
-	__u64 reserved;
+	__u16 rev_nat_id;   /* service flows: reverse NAT index, 0 = none */
+	__u16 pad;
+	__u32 nat_aux;      /* CT_F_NODEPORT: ingress ifindex; service entries: backend id */
 };
 
 #define CT_MAP_SIZE_TCP 524288
@@ -114,7 +130,7 @@ static __always_inline void ct_reverse(const struct ct_key4 *in, struct ct_key4 
  * traced under aggregation (new flow, TCP SYN/FIN/RST).
  */
 static __always_inline int ct_process(void *map, const struct pkt_info *pkt, __u32 src_identity,
-				      const struct dp_config *cfg, int *report)
+				      const struct dp_config *cfg, int *report, struct ct_nat *nat)
 {
 	struct ct_key4 key = {
 		.saddr = pkt->saddr,
@@ -162,6 +178,9 @@ create: {
 		.src_sec_identity = src_identity,
 		.tx_flags_seen = pkt->proto == IPPROTO_TCP ? pkt->tcp_flags : 0,
 		.last_report = now_s,
+		.rev_nat_id = nat->rev_nat_id,
+		.nat_aux = nat->aux,
+		.flags = nat->flags & CT_F_NAT_MASK,
 	};
 
 	ct_update_tcp_state(&fresh);
@@ -173,6 +192,9 @@ create: {
 }
 
 update:
+	nat->rev_nat_id = e->rev_nat_id;
+	nat->flags = e->flags & CT_F_NAT_MASK;
+	nat->aux = e->nat_aux;
 	ct_update_tcp_state(e);
 	e->lifetime = now_s + ct_lifetime(e, pkt->proto, cfg);
 	if (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST))
@@ -180,12 +202,93 @@ update:
 	return status;
 }
 
+/*
+ * Conntrack pass. @nat: on a new entry its service state is stored; on an
+ * existing one (established or reply) it is filled from the entry.
+ */
+static __always_inline int ct_lookup_create4_nat(const struct pkt_info *pkt, __u32 src_identity,
+						 const struct dp_config *cfg, int *report,
+						 struct ct_nat *nat)
+{
+	if (pkt->proto == IPPROTO_TCP)
+		return ct_process(&cilium_ct4_v1, pkt, src_identity, cfg, report, nat);
+	return ct_process(&cilium_ct_any4_v1, pkt, src_identity, cfg, report, nat);
+}
+
 static __always_inline int ct_lookup_create4(const struct pkt_info *pkt, __u32 src_identity,
 					     const struct dp_config *cfg, int *report)
 {
-	if (pkt->proto == IPPROTO_TCP)
-		return ct_process(&cilium_ct4_v1, pkt, src_identity, cfg, report);
-	return ct_process(&cilium_ct_any4_v1, pkt, src_identity, cfg, report);
+	struct ct_nat nat = {};
+
+	return ct_lookup_create4_nat(pkt, src_identity, cfg, report, &nat);
+}
+
+static __always_inline void *ct_map_for(__u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return &cilium_ct4_v1;
+	return &cilium_ct_any4_v1;
+}
+
+/*
+ * Service entry of a per-packet load-balanced flow: key = the client's
+ * tuple towards the frontend with CT_KEY_F_SERVICE, nat_aux = the selected
+ * backend. Returns the backend id (0: none or expired) and refreshes it.
+ */
+static __always_inline __u32 ct_service_lookup4(const struct pkt_info *pkt,
+						const struct dp_config *cfg)
+{
+	struct ct_key4 key = {
+		.saddr = pkt->saddr,
+		.daddr = pkt->daddr,
+		.sport = pkt->sport,
+		.dport = pkt->dport,
+		.proto = pkt->proto,
+		.flags = CT_KEY_F_SERVICE,
+	};
+	struct ct_entry4 *e = bpf_map_lookup_elem(ct_map_for(pkt->proto), &key);
+	__u32 now_s = (__u32)(now_boot_ns() / NSEC_PER_SEC);
+
+	if (!e || e->lifetime < now_s)
+		return 0;
+	__sync_fetch_and_add(&e->tx_packets, 1);
+	__sync_fetch_and_add(&e->tx_bytes, pkt->len);
+	e->lifetime = now_s + (pkt->proto == IPPROTO_TCP ? cfg->ct_lifetime_tcp
+							 : cfg->ct_lifetime_any);
+	return e->nat_aux;
+}
+
+static __always_inline int ct_service_create4(const struct pkt_info *pkt,
+					      const struct dp_config *cfg, __u32 src_identity,
+					      __u32 backend_id, __u16 rev_nat_id)
+{
+	struct ct_key4 key = {
+		.saddr = pkt->saddr,
+		.daddr = pkt->daddr,
+		.sport = pkt->sport,
+		.dport = pkt->dport,
+		.proto = pkt->proto,
+		.flags = CT_KEY_F_SERVICE,
+	};
+	__u64 now = now_boot_ns();
+	__u32 now_s = (__u32)(now / NSEC_PER_SEC);
+	struct ct_entry4 fresh = {
+		.tx_packets = 1,
+		.tx_bytes = pkt->len,
+		.created_ns = now,
+		.src_sec_identity = src_identity,
+		.flags = CT_F_SERVICE,
+		.last_report = now_s,
+		.rev_nat_id = rev_nat_id,
+		.nat_aux = backend_id,
+	};
+
+	/* A TCP flow may sit in SYN state for long; keep the choice for the flow's lifetime. */
+	fresh.lifetime = now_s + (pkt->proto == IPPROTO_TCP ? cfg->ct_lifetime_tcp
+							    : cfg->ct_lifetime_any);
+	if (bpf_map_update_elem(ct_map_for(pkt->proto), &key, &fresh, BPF_ANY) < 0)
+		return -DROP_CT_MAP_FULL;
+	return 0;
 }
 
 /* Removes the entry a dropped first packet created (so its "replies" get no pass). */

@@ -82,6 +82,22 @@ pub enum Error {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// Attaching or detaching a socket load-balancing program on a cgroup failed.
+    #[error(
+        "{op} {program} on cgroup {cgroup} failed: {source}; is --cgroup-root a cgroup v2 \
+         directory (mount -t cgroup2 none /sys/fs/cgroup)?"
+    )]
+    CgroupAttach {
+        /// "attaching", "updating" or "detaching".
+        op: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        /// libbpf's error.
+        #[source]
+        source: libbpf_rs::Error,
+    },
     /// A ring-buffer record could not be decoded.
     #[error("event decode failed: {reason} (record of {len} bytes)")]
     EventDecode {

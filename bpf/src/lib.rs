@@ -32,14 +32,16 @@ pub use drop::{DropReason, reason_name};
 pub use error::{Error, Result};
 pub use events::{AsyncEventReader, CtStatus, Event, EventKind, EventReader, TracePoint};
 pub use loader::{
-    AttachMode, Attached, CtLifetimes, DEFAULT_BPF_ROOT, Datapath, DatapathConfig, Direction,
-    EventConfig, Features, PinnedLink, probe_features,
+    AttachMode, Attached, CgroupAttached, CtLifetimes, DEFAULT_BPF_ROOT, Datapath, DatapathConfig,
+    Direction, EventConfig, Features, PinnedLink, SOCK_HOOKS, probe_features,
 };
 pub use maps::{
-    ConntrackMaps, CtRecord, EndpointMap, FillRatio, IpcacheMap, Maps, MetricRow, MetricsMap,
-    PolicyMaps, PolicyStatsRow, TypedMap,
+    ConntrackMaps, CtRecord, EndpointMap, FillRatio, IpcacheMap, LbMaps, Maps, MetricRow,
+    MetricsMap, PolicyMaps, PolicyStatsRow, TypedMap,
 };
 pub use sys::boot_time_secs;
 pub use types::{
-    CtEntry4, CtKey4, EndpointInfo, IpcacheValue, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
+    CtEntry4, CtKey4, EndpointInfo, IpcacheValue, Lb4AffinityKey, Lb4AffinityVal, Lb4Backend,
+    Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service, Lb4SkFwdKey, Lb4SkFwdVal, Lb4SkKey, Lb4SkVal,
+    LbConfig, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
 };

@@ -28,8 +28,8 @@ use libbpf_rs::{
 use crate::error::{Error, Result};
 use crate::events::EventReader;
 use crate::maps::{
-    ConfigMap, ConntrackMaps, EndpointMap, IpcacheMap, Maps, MetricsMap, PolicyMaps, TypedMap,
-    names,
+    ConfigMap, ConntrackMaps, EndpointMap, IpcacheMap, LbMaps, Maps, MetricsMap, PolicyMaps,
+    TypedMap, names,
 };
 use crate::skel::{DatapathSkel, DatapathSkelBuilder};
 use crate::sys;
@@ -296,6 +296,14 @@ impl Datapath {
             (&mut m.cilium_policy_v1, names::POLICY),
             (&mut m.cilium_policy_cfg_v1, names::POLICY_CFG),
             (&mut m.cilium_policy_stats_v1, names::POLICY_STATS),
+            (&mut m.cilium_lb4_services_v1, names::LB_SERVICES),
+            (&mut m.cilium_lb4_backends_v1, names::LB_BACKENDS),
+            (&mut m.cilium_lb4_reverse_nat_v1, names::LB_REVNAT),
+            (&mut m.cilium_lb4_affinity_v1, names::LB_AFFINITY),
+            (&mut m.cilium_lb4_maglev_v1, names::LB_MAGLEV),
+            (&mut m.cilium_lb4_sk_v1, names::LB_SK),
+            (&mut m.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD),
+            (&mut m.cilium_lb_config_v1, names::LB_CONFIG),
         ] {
             map.set_pin_path(root.join(name))
                 .map_err(|source| Error::Load {
@@ -343,6 +351,34 @@ impl Datapath {
                 )?,
                 dup(&sm.cilium_policy_stats_v1, names::POLICY_STATS)?,
             )?,
+            lb: LbMaps {
+                services: TypedMap::new(
+                    names::LB_SERVICES,
+                    dup(&sm.cilium_lb4_services_v1, names::LB_SERVICES)?,
+                )?,
+                backends: TypedMap::new(
+                    names::LB_BACKENDS,
+                    dup(&sm.cilium_lb4_backends_v1, names::LB_BACKENDS)?,
+                )?,
+                revnat: TypedMap::new(
+                    names::LB_REVNAT,
+                    dup(&sm.cilium_lb4_reverse_nat_v1, names::LB_REVNAT)?,
+                )?,
+                affinity: TypedMap::new(
+                    names::LB_AFFINITY,
+                    dup(&sm.cilium_lb4_affinity_v1, names::LB_AFFINITY)?,
+                )?,
+                maglev: dup(&sm.cilium_lb4_maglev_v1, names::LB_MAGLEV)?,
+                sk: TypedMap::new(names::LB_SK, dup(&sm.cilium_lb4_sk_v1, names::LB_SK)?)?,
+                sk_fwd: TypedMap::new(
+                    names::LB_SK_FWD,
+                    dup(&sm.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD)?,
+                )?,
+                config: TypedMap::new(
+                    names::LB_CONFIG,
+                    dup(&sm.cilium_lb_config_v1, names::LB_CONFIG)?,
+                )?,
+            },
         };
         maps.config.set(&config.dp_config())?;
         tracing::info!(bpf_root = %root.display(), mode = mode.name(), ?features, "datapath loaded");
@@ -567,6 +603,191 @@ impl Datapath {
         }
         out.sort_by_key(|l| (l.ifindex, l.direction.name()));
         Ok(out)
+    }
+}
+
+/// The socket load-balancing hooks, in attach order.
+pub const SOCK_HOOKS: &[&str] = &["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
+
+/// What [`Datapath::attach_cgroup`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupAttached {
+    /// The cgroup directory.
+    pub cgroup: PathBuf,
+    /// Hooks whose pinned link was updated in place (restart), by name.
+    pub updated: Vec<&'static str>,
+    /// Hooks attached anew.
+    pub created: Vec<&'static str>,
+}
+
+/// Inode number of a cgroup v2 directory = its cgroup id.
+fn cgroup_id(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(io_err("reading", path))
+}
+
+impl Datapath {
+    /// `<root>/lb/links`: pins of the socket-LB cgroup links and NodePort device links.
+    pub fn lb_links_dir(&self) -> PathBuf {
+        self.root.join("lb").join("links")
+    }
+
+    fn sock_program(&self, hook: &str) -> Option<(&Program<'static>, &'static str)> {
+        let p = &self.skel.progs;
+        match hook {
+            "connect4" => Some((&p.cil_sock4_connect, "cil_sock4_connect")),
+            "sendmsg4" => Some((&p.cil_sock4_sendmsg, "cil_sock4_sendmsg")),
+            "recvmsg4" => Some((&p.cil_sock4_recvmsg, "cil_sock4_recvmsg")),
+            "getpeername4" => Some((&p.cil_sock4_getpeername, "cil_sock4_getpeername")),
+            _ => None,
+        }
+    }
+
+    /// Attaches the socket load-balancing programs (connect4, sendmsg4, recvmsg4,
+    /// getpeername4) to the cgroup v2 directory `cgroup` with bpf_links pinned at
+    /// `<root>/lb/links/cgroup_<hook>`, so they outlive the agent. A pinned link of an
+    /// earlier run on the same cgroup is updated in place to the loaded program (no
+    /// window without translation); one on another cgroup is detached and replaced.
+    pub fn attach_cgroup(&self, cgroup: &Path) -> Result<CgroupAttached> {
+        let dir = self.lb_links_dir();
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let id = cgroup_id(cgroup)?;
+        let mut out = CgroupAttached {
+            cgroup: cgroup.to_path_buf(),
+            updated: Vec::new(),
+            created: Vec::new(),
+        };
+        let file = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
+        for hook in SOCK_HOOKS {
+            let Some((prog, name)) = self.sock_program(hook) else {
+                continue;
+            };
+            let err = |op: &'static str| {
+                move |source| Error::CgroupAttach {
+                    op,
+                    program: name,
+                    cgroup: cgroup.to_path_buf(),
+                    source,
+                }
+            };
+            let pin = dir.join(format!("cgroup_{hook}"));
+            if pin.exists() {
+                if let Ok(mut link) = Link::open(&pin) {
+                    let same = matches!(
+                        link.info().map(|i| i.info),
+                        Ok(LinkTypeInfo::Cgroup(c)) if c.cgroup_id == id
+                    );
+                    if same {
+                        link.update_prog(prog).map_err(err("updating"))?;
+                        out.updated.push(hook);
+                        continue;
+                    }
+                    let _ = link.detach();
+                }
+                fs::remove_file(&pin).map_err(io_err("removing stale link pin", &pin))?;
+            }
+            let mut link = sys::attach_cgroup(prog, &file).map_err(err("attaching"))?;
+            link.pin(&pin).map_err(err("pinning"))?;
+            out.created.push(hook);
+        }
+        tracing::info!(cgroup = %cgroup.display(), updated = ?out.updated, created = ?out.created,
+            "socket load balancing attached");
+        Ok(out)
+    }
+
+    /// Detaches the socket load-balancing programs and removes their pins (nothing
+    /// attached is fine).
+    pub fn detach_cgroup(&self) -> Result<()> {
+        let dir = self.lb_links_dir();
+        for hook in SOCK_HOOKS {
+            let pin = dir.join(format!("cgroup_{hook}"));
+            if pin.exists() {
+                if let Ok(link) = Link::open(&pin)
+                    && let Err(error) = link.detach()
+                {
+                    tracing::debug!(%error, hook, "cgroup link detach");
+                }
+                fs::remove_file(&pin).map_err(io_err("removing link pin", &pin))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hooks with a pinned cgroup link.
+    pub fn cgroup_links(&self) -> Vec<&'static str> {
+        let dir = self.lb_links_dir();
+        SOCK_HOOKS
+            .iter()
+            .copied()
+            .filter(|h| dir.join(format!("cgroup_{h}")).exists())
+            .collect()
+    }
+
+    /// Attaches `cil_from_netdev` (NodePort, tcx ingress) to host device `ifindex`, link
+    /// pinned at `<root>/lb/links/netdev_<ifindex>`; a pin of an earlier run on the same
+    /// device is updated in place. Needs tcx.
+    pub fn attach_netdev(&self, ifindex: u32, ifname: &str) -> Result<bool> {
+        let dir = self.lb_links_dir();
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let prog = &self.skel.progs.cil_from_netdev;
+        let pin = dir.join(format!("netdev_{ifindex}"));
+        let attach_err = |source| Error::Attach {
+            op: "attaching",
+            program: "cil_from_netdev",
+            ifname: ifname.to_string(),
+            ifindex,
+            mode: "tcx",
+            source,
+        };
+        if pin.exists() {
+            if let Ok(mut link) = Link::open(&pin) {
+                let same_device = matches!(
+                    link.info().map(|i| i.info),
+                    Ok(LinkTypeInfo::Tcx(t)) if t.ifindex == ifindex
+                );
+                if same_device {
+                    link.update_prog(prog).map_err(attach_err)?;
+                    return Ok(true);
+                }
+            }
+            fs::remove_file(&pin).map_err(io_err("removing stale link pin", &pin))?;
+        }
+        let mut link = sys::attach_tcx(prog, ifindex).map_err(attach_err)?;
+        link.pin(&pin).map_err(attach_err)?;
+        Ok(false)
+    }
+
+    /// Detaches `cil_from_netdev` from `ifindex` and removes the pin.
+    pub fn detach_netdev(&self, ifindex: u32) -> Result<()> {
+        let pin = self.lb_links_dir().join(format!("netdev_{ifindex}"));
+        if pin.exists() {
+            if let Ok(link) = Link::open(&pin) {
+                let _ = link.detach();
+            }
+            fs::remove_file(&pin).map_err(io_err("removing link pin", &pin))?;
+        }
+        Ok(())
+    }
+
+    /// Devices with a pinned NodePort link (ifindexes, sorted).
+    pub fn netdev_links(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = fs::read_dir(self.lb_links_dir())
+            .map(|rd| {
+                rd.filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_prefix("netdev_")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
     }
 }
 

@@ -13,8 +13,10 @@ use libbpf_rs::{MapCore as _, MapFlags, MapHandle};
 use crate::drop::DropReason;
 use crate::error::{Error, Result};
 use crate::types::{
-    CtEntry4, CtKey4, DpConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, MetricsKey,
-    MetricsValue, Pod, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
+    CtEntry4, CtKey4, DpConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
+    Lb4AffinityKey, Lb4AffinityVal, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service,
+    Lb4SkFwdKey, Lb4SkFwdVal, Lb4SkKey, Lb4SkVal, LbConfig, MetricsKey, MetricsValue, Pod,
+    PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
 };
 
 /// Pinned map names (file names under the bpf root).
@@ -39,6 +41,22 @@ pub mod names {
     pub const POLICY_CFG: &str = "cilium_policy_cfg_v1";
     /// Per-cookie packet/byte counters.
     pub const POLICY_STATS: &str = "cilium_policy_stats_v1";
+    /// Service frontends: header (slot 0) and backend slots.
+    pub const LB_SERVICES: &str = "cilium_lb4_services_v1";
+    /// Backends by id.
+    pub const LB_BACKENDS: &str = "cilium_lb4_backends_v1";
+    /// Reverse NAT by service id.
+    pub const LB_REVNAT: &str = "cilium_lb4_reverse_nat_v1";
+    /// ClientIP session affinity (LRU).
+    pub const LB_AFFINITY: &str = "cilium_lb4_affinity_v1";
+    /// Maglev tables (hash of maps).
+    pub const LB_MAGLEV: &str = "cilium_lb4_maglev_v1";
+    /// Socket reverse translation (LRU).
+    pub const LB_SK: &str = "cilium_lb4_sk_v1";
+    /// Unconnected-UDP socket backend choice (LRU).
+    pub const LB_SK_FWD: &str = "cilium_lb4_sk_fwd_v1";
+    /// Load-balancer runtime config.
+    pub const LB_CONFIG: &str = "cilium_lb_config_v1";
     /// Every pinned map.
     pub const ALL: &[&str] = &[
         LXC,
@@ -51,6 +69,14 @@ pub mod names {
         POLICY,
         POLICY_CFG,
         POLICY_STATS,
+        LB_SERVICES,
+        LB_BACKENDS,
+        LB_REVNAT,
+        LB_AFFINITY,
+        LB_MAGLEV,
+        LB_SK,
+        LB_SK_FWD,
+        LB_CONFIG,
     ];
 }
 
@@ -630,6 +656,8 @@ pub struct Maps {
     pub events: MapHandle,
     /// `cilium_policy_v1`, `cilium_policy_cfg_v1`, `cilium_policy_stats_v1`.
     pub policy: PolicyMaps,
+    /// The load-balancer maps (`cilium_lb4_*`, `cilium_lb_config_v1`).
+    pub lb: LbMaps,
 }
 
 impl Maps {
@@ -671,6 +699,169 @@ impl Maps {
             config: ConfigMap(TypedMap::open_pinned(root, names::CONFIG)?),
             events,
             policy: PolicyMaps::open_pinned(root)?,
+            lb: LbMaps::open_pinned(root)?,
         })
+    }
+}
+
+/// Flags of an inner Maglev map (`BPF_F_INNER_MAP`: its size may differ from the template).
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// The load-balancer maps. See `bpf/lib/lb.h` for layouts and the write order.
+#[derive(Debug)]
+pub struct LbMaps {
+    /// `cilium_lb4_services_v1`: slot 0 header, slots 1..n backend ids.
+    pub services: TypedMap<Lb4Key, Lb4Service>,
+    /// `cilium_lb4_backends_v1`: backend id → address.
+    pub backends: TypedMap<u32, Lb4Backend>,
+    /// `cilium_lb4_reverse_nat_v1`: service id → frontend.
+    pub revnat: TypedMap<Lb4RevNatKey, Lb4RevNat>,
+    /// `cilium_lb4_affinity_v1` (LRU).
+    pub affinity: TypedMap<Lb4AffinityKey, Lb4AffinityVal>,
+    /// `cilium_lb4_maglev_v1` (hash of maps: service id → ARRAY of M backend ids).
+    pub maglev: MapHandle,
+    /// `cilium_lb4_sk_v1` (LRU): socket reverse translation.
+    pub sk: TypedMap<Lb4SkKey, Lb4SkVal>,
+    /// `cilium_lb4_sk_fwd_v1` (LRU): unconnected UDP socket → backend.
+    pub sk_fwd: TypedMap<Lb4SkFwdKey, Lb4SkFwdVal>,
+    /// `cilium_lb_config_v1`.
+    pub config: TypedMap<u32, LbConfig>,
+}
+
+impl LbMaps {
+    pub(crate) fn open_pinned(root: &Path) -> Result<Self> {
+        let maglev =
+            MapHandle::from_pinned_path(root.join(names::LB_MAGLEV)).map_err(|source| {
+                Error::Map {
+                    map: names::LB_MAGLEV,
+                    op: "open pinned",
+                    source,
+                }
+            })?;
+        Ok(Self {
+            services: TypedMap::open_pinned(root, names::LB_SERVICES)?,
+            backends: TypedMap::open_pinned(root, names::LB_BACKENDS)?,
+            revnat: TypedMap::open_pinned(root, names::LB_REVNAT)?,
+            affinity: TypedMap::open_pinned(root, names::LB_AFFINITY)?,
+            maglev,
+            sk: TypedMap::open_pinned(root, names::LB_SK)?,
+            sk_fwd: TypedMap::open_pinned(root, names::LB_SK_FWD)?,
+            config: TypedMap::open_pinned(root, names::LB_CONFIG)?,
+        })
+    }
+
+    fn maglev_err(op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> Error {
+        move |source| Error::Map {
+            map: names::LB_MAGLEV,
+            op,
+            source,
+        }
+    }
+
+    /// Installs the Maglev table of service `rev_nat_id`: a new inner ARRAY filled
+    /// completely, then swapped into the outer map in one update (the datapath sees the
+    /// old or the new table, never a mix).
+    pub fn set_maglev(&self, rev_nat_id: u16, table: &[u32]) -> Result<()> {
+        let size = u32::try_from(table.len()).unwrap_or(u32::MAX);
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let inner = MapHandle::create(
+            libbpf_rs::MapType::Array,
+            Some("cilium_maglev_in"),
+            4,
+            4,
+            size.max(1),
+            &opts,
+        )
+        .map_err(Self::maglev_err("create inner"))?;
+        let mut keys = Vec::with_capacity(table.len() * 4);
+        let mut values = Vec::with_capacity(table.len() * 4);
+        for (i, id) in table.iter().enumerate() {
+            keys.extend_from_slice(&u32::try_from(i).unwrap_or(u32::MAX).to_ne_bytes());
+            values.extend_from_slice(&id.to_ne_bytes());
+        }
+        if !table.is_empty()
+            && inner
+                .update_batch(&keys, &values, size, MapFlags::ANY, MapFlags::ANY)
+                .is_err()
+        {
+            for (i, id) in table.iter().enumerate() {
+                let k = u32::try_from(i).unwrap_or(u32::MAX).to_ne_bytes();
+                inner
+                    .update(&k, &id.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(Self::maglev_err("fill inner"))?;
+            }
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&inner));
+        let key = Lb4RevNatKey { rev_nat_id, pad: 0 };
+        self.maglev
+            .update(key.as_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(Self::maglev_err("update"))
+    }
+
+    /// The Maglev table of a service (`None`: none installed).
+    pub fn maglev_table(&self, rev_nat_id: u16) -> Result<Option<Vec<u32>>> {
+        let key = Lb4RevNatKey { rev_nat_id, pad: 0 };
+        let Some(raw) = self
+            .maglev
+            .lookup(key.as_bytes(), MapFlags::ANY)
+            .map_err(Self::maglev_err("lookup"))?
+        else {
+            return Ok(None);
+        };
+        let Some(id) = u32::from_bytes(&raw) else {
+            return Ok(None);
+        };
+        let inner = MapHandle::from_map_id(id).map_err(Self::maglev_err("open inner"))?;
+        let n = inner.max_entries();
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let v = inner
+                .lookup(&i.to_ne_bytes(), MapFlags::ANY)
+                .map_err(Self::maglev_err("read inner"))?;
+            out.push(v.and_then(|b| u32::from_bytes(&b)).unwrap_or(0));
+        }
+        Ok(Some(out))
+    }
+
+    /// Removes a service's Maglev table; `Ok(false)` when absent.
+    pub fn remove_maglev(&self, rev_nat_id: u16) -> Result<bool> {
+        let key = Lb4RevNatKey { rev_nat_id, pad: 0 };
+        match self.maglev.delete(key.as_bytes()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::Map {
+                map: names::LB_MAGLEV,
+                op: "delete",
+                source,
+            }),
+        }
+    }
+
+    /// Service ids with a Maglev table, sorted.
+    pub fn maglev_services(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .maglev
+            .keys()
+            .filter_map(|k| Lb4RevNatKey::from_bytes(&k).map(|k| k.rev_nat_id))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Writes the netns cookie of the host namespace (external frontends are translated at
+    /// the socket layer only there).
+    pub fn set_host_netns_cookie(&self, cookie: u64) -> Result<()> {
+        self.config.insert(
+            &0,
+            &LbConfig {
+                host_netns_cookie: cookie,
+                flags: 0,
+                pad: 0,
+            },
+        )
     }
 }

@@ -65,6 +65,24 @@ pub(crate) fn attach_tcx(prog: &Program<'_>, ifindex: u32) -> Result<Link, libbp
     Ok(unsafe { Link::from_ptr(ptr) })
 }
 
+/// Attaches a cgroup program (`SEC("cgroup/...")`) to the cgroup directory `cgroup` as a
+/// bpf_link.
+pub(crate) fn attach_cgroup(
+    prog: &Program<'_>,
+    cgroup: &std::fs::File,
+) -> Result<Link, libbpf_rs::Error> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the program pointer comes from a loaded skeleton that outlives the call; the
+    // cgroup fd is open for the duration of the call.
+    let ptr = unsafe {
+        libbpf_sys::bpf_program__attach_cgroup(prog.as_libbpf_object().as_ptr(), cgroup.as_raw_fd())
+    };
+    let ptr =
+        NonNull::new(ptr).ok_or_else(|| libbpf_rs::Error::from(io::Error::last_os_error()))?;
+    // SAFETY: a non-NULL pointer from bpf_program__attach_cgroup is an owned bpf_link.
+    Ok(unsafe { Link::from_ptr(ptr) })
+}
+
 /// Whether the kernel supports tcx: query the tcx ingress chain of `lo` (ifindex 1).
 pub(crate) fn probe_tcx() -> bool {
     // SAFETY: an all-zero bpf_prog_query_opts (NULL arrays) is valid; sz is set below.

@@ -33,6 +33,8 @@ pub unsafe trait Pod: Copy + Default + 'static {
 
 // SAFETY: u32 is plain data without padding.
 unsafe impl Pod for u32 {}
+// SAFETY: u64 is plain data without padding.
+unsafe impl Pod for u64 {}
 
 macro_rules! pod {
     ($($t:ty),*) => {$(
@@ -168,6 +170,15 @@ impl CtKey4 {
 pub const CT_F_ESTABLISHED: u16 = 1;
 /// `ct_entry4.flags`: TCP RST seen or FIN both ways.
 pub const CT_F_CLOSING: u16 = 2;
+/// `ct_entry4.flags`: a load-balanced (translated) service flow; replies get reverse NAT.
+pub const CT_F_SERVICE: u16 = 4;
+/// `ct_entry4.flags`: hairpin service flow (client = backend, source NATed to the frontend).
+pub const CT_F_HAIRPIN: u16 = 8;
+/// `ct_entry4.flags`: arrived on a host device (NodePort); replies leave through `nat_aux`.
+pub const CT_F_NODEPORT: u16 = 16;
+/// `ct_key4.flags`: the client's tuple towards a frontend (service entry: backend in
+/// `nat_aux`).
+pub const CT_KEY_F_SERVICE: u8 = 1;
 
 /// Value of the CT maps (`struct ct_entry4`), 64 bytes.
 #[repr(C)]
@@ -195,8 +206,13 @@ pub struct CtEntry4 {
     pub flags: u16,
     /// Seconds of last trace report (aggregation).
     pub last_report: u32,
-    /// Reserved.
-    pub reserved: u64,
+    /// Service flows: reverse-NAT index (service id), 0 = none.
+    pub rev_nat_id: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+    /// `CT_F_NODEPORT`: ingress device ifindex; service entries (key flag
+    /// [`CT_KEY_F_SERVICE`]): the selected backend id.
+    pub nat_aux: u32,
 }
 
 /// Key of `cilium_metrics_v1` (`struct metrics_key`), 4 bytes.
@@ -392,6 +408,256 @@ pub struct PolicyCfg {
     pub revision: u32,
 }
 
+/// `lb4_service.flags`: sessionAffinity ClientIP.
+pub const SVC_F_AFFINITY: u8 = 1;
+/// `lb4_service.flags`: no backend; connections are refused at once.
+pub const SVC_F_NO_BACKENDS: u8 = 2;
+/// `lb4_service.flags`: NodePort / ExternalIP / LoadBalancer frontend (socket-translated only
+/// in the host network namespace).
+pub const SVC_F_EXTERNAL: u8 = 4;
+/// `lb4_service.algorithm`: random slot.
+pub const LB_ALG_RANDOM: u8 = 0;
+/// `lb4_service.algorithm`: Maglev table lookup on the flow hash.
+pub const LB_ALG_MAGLEV: u8 = 1;
+
+/// Key of `cilium_lb4_services_v1` (`struct lb4_key`), 12 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Key {
+    /// Frontend address (network order).
+    pub address: u32,
+    /// Frontend port (network order).
+    pub dport: u16,
+    /// 0 = header, 1..=count = backend slots.
+    pub slot: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding, keep 0.
+    pub pad: [u8; 3],
+}
+
+impl Lb4Key {
+    /// Key of `slot` of frontend `addr:port/proto` (port host order).
+    pub fn new(addr: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self {
+            address: u32::from_ne_bytes(addr.octets()),
+            dport: port.to_be(),
+            slot,
+            proto,
+            pad: [0; 3],
+        }
+    }
+    /// Frontend address.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.address.to_ne_bytes())
+    }
+    /// Frontend port (host order).
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.dport)
+    }
+}
+
+/// Value of `cilium_lb4_services_v1` (`struct lb4_service`), 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4Service {
+    /// Slot >= 1: backend id; slot 0: Maglev table size (0 when not Maglev).
+    pub backend_id: u32,
+    /// Slot 0: ClientIP affinity timeout in seconds, 0 = none.
+    pub affinity_timeout: u32,
+    /// Slot 0: number of backend slots.
+    pub count: u16,
+    /// Service id (reverse-NAT index).
+    pub rev_nat_id: u16,
+    /// `SVC_F_*`.
+    pub flags: u8,
+    /// `LB_ALG_*`.
+    pub algorithm: u8,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// Value of `cilium_lb4_backends_v1` (`struct lb4_backend`; key `u32` id), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4Backend {
+    /// Address (network order).
+    pub address: u32,
+    /// Port (network order).
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// 0 active, 1 terminating.
+    pub state: u8,
+}
+
+impl Lb4Backend {
+    /// A backend `addr:port/proto` (port host order).
+    pub fn new(addr: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
+        Self {
+            address: u32::from_ne_bytes(addr.octets()),
+            port: port.to_be(),
+            proto,
+            state,
+        }
+    }
+    /// Address.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.address.to_ne_bytes())
+    }
+    /// Port (host order).
+    pub fn port_host(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Key of `cilium_lb4_reverse_nat_v1` and `cilium_lb4_maglev_v1`, 4 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4RevNatKey {
+    /// Service id.
+    pub rev_nat_id: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// Value of `cilium_lb4_reverse_nat_v1` (`struct lb4_reverse_nat`), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4RevNat {
+    /// Frontend address (network order).
+    pub address: u32,
+    /// Frontend port (network order).
+    pub port: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+impl Lb4RevNat {
+    /// Reverse NAT to `addr:port` (port host order).
+    pub fn new(addr: Ipv4Addr, port: u16) -> Self {
+        Self {
+            address: u32::from_ne_bytes(addr.octets()),
+            port: port.to_be(),
+            pad: 0,
+        }
+    }
+    /// Address.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.address.to_ne_bytes())
+    }
+    /// Port (host order).
+    pub fn port_host(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Key of `cilium_lb4_affinity_v1` (`struct lb4_affinity_key`), 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4AffinityKey {
+    /// Client IPv4 (network order, zero-extended) or netns cookie.
+    pub client: u64,
+    /// Service id.
+    pub rev_nat_id: u16,
+    /// 1: `client` is a netns cookie (socket layer).
+    pub netns: u8,
+    /// Padding, keep 0.
+    pub pad: [u8; 5],
+}
+
+/// Value of `cilium_lb4_affinity_v1` (`struct lb4_affinity_val`), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4AffinityVal {
+    /// Backend id.
+    pub backend_id: u32,
+    /// Last use, seconds of CLOCK_BOOTTIME.
+    pub last_used: u32,
+}
+
+/// Key of `cilium_lb4_sk_v1` (`struct lb4_sk_key`), 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4SkKey {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Backend address (network order).
+    pub address: u32,
+    /// Backend port (network order).
+    pub port: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// Value of `cilium_lb4_sk_v1` (`struct lb4_sk_val`), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4SkVal {
+    /// Frontend address (network order).
+    pub address: u32,
+    /// Frontend port (network order).
+    pub port: u16,
+    /// Service id.
+    pub rev_nat_id: u16,
+}
+
+/// Key of `cilium_lb4_sk_fwd_v1` (`struct lb4_sk_fwd_key`), 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4SkFwdKey {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Frontend address (network order).
+    pub address: u32,
+    /// Frontend port (network order).
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding, keep 0.
+    pub pad: u8,
+}
+
+/// Value of `cilium_lb4_sk_fwd_v1` (`struct lb4_sk_fwd_val`), 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Lb4SkFwdVal {
+    /// Backend id.
+    pub backend_id: u32,
+    /// Service id.
+    pub rev_nat_id: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// Value of `cilium_lb_config_v1[0]` (`struct lb_config`), 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LbConfig {
+    /// Netns cookie of the host namespace: external frontends are socket-translated only
+    /// there.
+    pub host_netns_cookie: u64,
+    /// Reserved, 0.
+    pub flags: u32,
+    /// Padding, keep 0.
+    pub pad: u32,
+}
+
+pod!(
+    Lb4Key,
+    Lb4Service,
+    Lb4Backend,
+    Lb4RevNatKey,
+    Lb4RevNat,
+    Lb4AffinityKey,
+    Lb4AffinityVal,
+    Lb4SkKey,
+    Lb4SkVal,
+    Lb4SkFwdKey,
+    Lb4SkFwdVal,
+    LbConfig
+);
+
 pod!(
     EndpointKey,
     EndpointInfo,
@@ -460,9 +726,47 @@ mod tests {
                 rx_flags_seen,
                 flags,
                 last_report,
-                reserved
+                rev_nat_id,
+                pad,
+                nat_aux
             ]
         );
+        same_layout!(Lb4Key, c::lb4_key, [address, dport, slot, proto, pad]);
+        same_layout!(
+            Lb4Service,
+            c::lb4_service,
+            [
+                backend_id,
+                affinity_timeout,
+                count,
+                rev_nat_id,
+                flags,
+                algorithm,
+                pad
+            ]
+        );
+        same_layout!(Lb4Backend, c::lb4_backend, [address, port, proto, state]);
+        same_layout!(Lb4RevNatKey, c::lb4_reverse_nat_key, [rev_nat_id, pad]);
+        same_layout!(Lb4RevNat, c::lb4_reverse_nat, [address, port, pad]);
+        same_layout!(
+            Lb4AffinityKey,
+            c::lb4_affinity_key,
+            [client, rev_nat_id, netns, pad]
+        );
+        same_layout!(Lb4AffinityVal, c::lb4_affinity_val, [backend_id, last_used]);
+        same_layout!(Lb4SkKey, c::lb4_sk_key, [cookie, address, port, pad]);
+        same_layout!(Lb4SkVal, c::lb4_sk_val, [address, port, rev_nat_id]);
+        same_layout!(
+            Lb4SkFwdKey,
+            c::lb4_sk_fwd_key,
+            [cookie, address, port, proto, pad]
+        );
+        same_layout!(
+            Lb4SkFwdVal,
+            c::lb4_sk_fwd_val,
+            [backend_id, rev_nat_id, pad]
+        );
+        same_layout!(LbConfig, c::lb_config, [host_netns_cookie, flags, pad]);
         same_layout!(MetricsKey, c::metrics_key, [reason, dir, pad]);
         same_layout!(MetricsValue, c::metrics_value, [packets, bytes]);
         same_layout!(
@@ -536,6 +840,18 @@ mod tests {
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<PolicyCfgKey>(), 4);
         assert_eq!(size_of::<PolicyCfg>(), 8);
+        assert_eq!(size_of::<Lb4Key>(), 12);
+        assert_eq!(size_of::<Lb4Service>(), 16);
+        assert_eq!(size_of::<Lb4Backend>(), 8);
+        assert_eq!(size_of::<Lb4RevNatKey>(), 4);
+        assert_eq!(size_of::<Lb4RevNat>(), 8);
+        assert_eq!(size_of::<Lb4AffinityKey>(), 16);
+        assert_eq!(size_of::<Lb4AffinityVal>(), 8);
+        assert_eq!(size_of::<Lb4SkKey>(), 16);
+        assert_eq!(size_of::<Lb4SkVal>(), 8);
+        assert_eq!(size_of::<Lb4SkFwdKey>(), 16);
+        assert_eq!(size_of::<Lb4SkFwdVal>(), 8);
+        assert_eq!(size_of::<LbConfig>(), 16);
     }
 
     #[test]

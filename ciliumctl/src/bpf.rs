@@ -45,6 +45,20 @@ pub enum BpfCommand {
         #[command(subcommand)]
         action: crate::bpf_policy::PolicyAction,
     },
+    /// Service frontends and backend slots (`cilium_lb4_services_v1`, `cilium_lb4_backends_v1`).
+    ///
+    /// Example: `ciliumctl bpf lb list --backends`
+    Lb {
+        #[command(subcommand)]
+        action: crate::bpf_lb::LbAction,
+    },
+    /// Reverse NAT and translated service flows (`cilium_lb4_reverse_nat_v1`, conntrack).
+    ///
+    /// Example: `ciliumctl bpf nat list`
+    Nat {
+        #[command(subcommand)]
+        action: ListAction,
+    },
 }
 
 /// The only action on most maps.
@@ -78,6 +92,12 @@ pub async fn run(client: &Client, format: Format, cmd: BpfCommand) -> anyhow::Re
     let table = match cmd {
         BpfCommand::Policy { action } => {
             return crate::bpf_policy::run(client, format, action).await;
+        }
+        BpfCommand::Lb { action } => {
+            return crate::bpf_lb::run_lb(client, format, action).await;
+        }
+        BpfCommand::Nat { .. } => {
+            return crate::bpf_lb::run_nat(client, format).await;
         }
         BpfCommand::Lxc { .. } => {
             let rows = client.bpf_lxc().await?;

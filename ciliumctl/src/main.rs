@@ -3,6 +3,7 @@
 //! YAML (`-o`).
 
 mod bpf;
+mod bpf_lb;
 mod bpf_policy;
 mod endpoint;
 mod identity;
@@ -11,6 +12,7 @@ mod monitor;
 mod output;
 mod policy;
 mod resources;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +120,13 @@ enum Command {
         #[command(subcommand)]
         cmd: policy::PolicyCmd,
     },
+    /// Show services with their frontends and backends (address:port and state).
+    ///
+    /// Example: `ciliumctl service list` or `ciliumctl service list -o json`
+    Service {
+        #[command(subcommand)]
+        cmd: service::ServiceCmd,
+    },
     /// Show stored objects of a kind (pods, namespaces, ...).
     ///
     /// Example: `ciliumctl get pods -n shop` or `ciliumctl get pod frontend -n shop -o yaml`
@@ -165,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Endpoint { cmd } => endpoint::run(&client, cli.output, cmd).await,
         Command::Identity { cmd } => identity::run(&client, cli.output, cmd).await,
         Command::Policy { cmd } => policy::run(&client, cli.output, cmd).await,
+        Command::Service { cmd } => service::run(&client, cli.output, cmd).await,
         Command::Apply { file } => resources::apply(&client, cli.output, &file).await,
         Command::Delete { file } => resources::delete(&client, cli.output, &file).await,
         Command::Get {

@@ -35,10 +35,12 @@ pub fn agent_cells(log: Arc<logging::LogControl>) -> Vec<BoxCell> {
         cilium_resources::cell(),
         cilium_datapath::cell(),
         cilium_ipcache::cell(),
+        cilium_loadbalancer::cell(),
         cilium_policymap::cell(),
         cilium_endpoint::cell(),
         cilium_identity::cell(),
         cilium_policy::cell(),
+        cilium_lbmap::cell(),
         cilium_node::cell(),
     ];
     vec![Module::new("agent", "cilium-rs node agent", cells)]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod model;
 pub mod oracle;
+pub mod services;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -116,6 +117,21 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a
+/// hybrid one.
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next(), f.next(), f.next());
+            (kind == Some("cgroup2")).then(|| PathBuf::from(at.unwrap_or_default()))
+        })
+        .next()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/unified"))
+}
+
 /// A network namespace made with `ip netns add`, deleted on drop.
 pub struct Netns {
     /// Its name (under /var/run/netns).
@@ -168,6 +184,9 @@ pub struct Agent {
     pub pod_cidr: String,
     /// Where the agent's stderr goes.
     pub log: PathBuf,
+    /// The cgroup v2 directory where this agent attaches socket load balancing (its own, so
+    /// nothing outside the test is touched); processes put in it get socket LB.
+    pub cgroup: PathBuf,
     dir: PathBuf,
     extra: Vec<String>,
 }
@@ -183,6 +202,7 @@ impl Agent {
             socket: dir.join("cilium.sock"),
             state_dir: dir.join("state"),
             bpf_root: PathBuf::from("/sys/fs/bpf").join(format!("cilium-{id}")),
+            cgroup: cgroup2_mount().join(format!("cilium-{id}")),
             pod_cidr: pod_cidr.to_string(),
             log: dir.join("agent.log"),
             dir,
@@ -193,6 +213,12 @@ impl Agent {
     }
 
     fn spawn(&self) {
+        if let Err(e) = std::fs::create_dir_all(&self.cgroup) {
+            panic!(
+                "cannot create the test cgroup {}: {e}",
+                self.cgroup.display()
+            );
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,6 +233,8 @@ impl Agent {
             .arg(&self.bpf_root)
             .arg("--ipv4-pod-cidr")
             .arg(&self.pod_cidr)
+            .arg("--cgroup-root")
+            .arg(&self.cgroup)
             .arg("--prometheus-listen")
             .arg("")
             .args(&self.extra)
@@ -375,6 +403,8 @@ impl Drop for Agent {
         self.kill9();
         self.remove_host_leftovers();
         let _ = std::fs::remove_dir_all(&self.bpf_root);
+        // Empty once the agent's links are unpinned and no test process is left in it.
+        let _ = std::fs::remove_dir(&self.cgroup);
         if std::thread::panicking() {
             eprintln!("agent log ({}):\n{}", self.log.display(), self.log_text());
         }

@@ -204,6 +204,9 @@ pub fn ct_row(r: &cilium_bpf::CtRecord, now: u32) -> BpfCtEntry {
     if e.flags & cilium_bpf::types::CT_F_CLOSING != 0 {
         flags.push("closing".to_string());
     }
+    if e.flags & cilium_bpf::types::CT_F_SERVICE != 0 {
+        flags.push("service".to_string());
+    }
     BpfCtEntry {
         protocol: proto_name(k.proto),
         src_ip: k.src().to_string(),

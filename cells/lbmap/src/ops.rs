@@ -1,0 +1,844 @@
+//! Reconciler operations: rows of the `frontends` table into the BPF load-balancer maps.
+//!
+//! Order per frontend, so the datapath never sees a half-written service (it reads only
+//! the `count` slots named by the slot-0 header, and backends by id):
+//! 1. backends (id → address) of the new selection,
+//! 2. backend slots `1..=n`,
+//! 3. the Maglev table (a new inner map swapped in at once),
+//! 4. reverse NAT (service id → frontend),
+//! 5. the slot-0 header with the new count (the switch-over),
+//! 6. surplus slots `n+1..=old n` trimmed,
+//! 7. state of backends that left the frontend flushed (UDP conntrack, affinity,
+//!    unconnected-socket choices) so their flows move, and backends no frontend uses
+//!    deleted.
+//!
+//! Deleting a frontend removes the header first, then its slots, Maglev table, reverse
+//! NAT and orphaned backends. The operations keep a shadow of what they wrote, loaded from
+//! the maps on first use (restart) and dropped on error.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cilium_bpf::types::{
+    CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, LB_ALG_RANDOM, SVC_F_AFFINITY, SVC_F_EXTERNAL,
+    SVC_F_NO_BACKENDS,
+};
+use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service};
+use parking_lot::Mutex;
+use statedb::reconciler::{Operations, Reconcilable};
+use statedb::{ObjIter, ReadTxn, Revision};
+
+use crate::error::Error;
+use crate::maglev;
+
+/// Backend selection algorithm (`--lb-algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// A random backend per new flow.
+    #[default]
+    Random,
+    /// Maglev consistent hashing on the flow's 5-tuple.
+    Maglev,
+}
+
+/// One backend of a frontend as the maps need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendDesc {
+    /// Stable id (> 0).
+    pub id: u32,
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// Terminating (informative: the control plane already chose the set).
+    pub terminating: bool,
+}
+
+/// A frontend as the maps need it (the contract's `Frontend`, reduced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendDesc {
+    /// Frontend address.
+    pub address: Ipv4Addr,
+    /// Frontend port.
+    pub port: u16,
+    /// IP protocol number (6, 17, 132).
+    pub proto: u8,
+    /// NodePort / ExternalIP / LoadBalancer (socket-translated only in the host netns).
+    pub external: bool,
+    /// Kind name for display (`ClusterIP`, `NodePort`, ...).
+    pub kind: String,
+    /// `namespace/name` of the service.
+    pub service: String,
+    /// Reverse-NAT index (> 0), unique per frontend.
+    pub service_id: u16,
+    /// Final backend selection, active first; empty = refuse.
+    pub backends: Vec<BackendDesc>,
+    /// ClientIP affinity timeout (s), 0 = none.
+    pub affinity_timeout_secs: u32,
+}
+
+/// Frontend key: address, port, protocol.
+pub type FrontendKey = (Ipv4Addr, u16, u8);
+
+impl FrontendDesc {
+    /// Its key.
+    pub fn key(&self) -> FrontendKey {
+        (self.address, self.port, self.proto)
+    }
+}
+
+/// Anything the reconciler can read a [`FrontendDesc`] from (the loadbalancer cell's
+/// `Frontend`; a test double).
+pub trait FrontendSource {
+    /// The frontend's desired state.
+    fn desc(&self) -> FrontendDesc;
+}
+
+/// Where services go: the BPF maps in the agent, a double in tests.
+pub trait LbBackend: Send + Sync + 'static {
+    /// Inserts or replaces backends.
+    fn write_backends(&self, b: &[(u32, Lb4Backend)]) -> Result<(), cilium_bpf::Error>;
+    /// Deletes backends (absent is fine).
+    fn delete_backends(&self, ids: &[u32]) -> Result<(), cilium_bpf::Error>;
+    /// Inserts or replaces service entries (slots or header).
+    fn write_services(&self, e: &[(Lb4Key, Lb4Service)]) -> Result<(), cilium_bpf::Error>;
+    /// Deletes service entries (absent is fine).
+    fn delete_services(&self, keys: &[Lb4Key]) -> Result<(), cilium_bpf::Error>;
+    /// Installs a Maglev table.
+    fn set_maglev(&self, id: u16, table: &[u32]) -> Result<(), cilium_bpf::Error>;
+    /// Removes a Maglev table (absent is fine).
+    fn remove_maglev(&self, id: u16) -> Result<(), cilium_bpf::Error>;
+    /// Writes a reverse-NAT entry.
+    fn write_revnat(&self, id: u16, v: Lb4RevNat) -> Result<(), cilium_bpf::Error>;
+    /// Deletes a reverse-NAT entry (absent is fine).
+    fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error>;
+    /// Every service entry.
+    fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error>;
+    /// Every backend id.
+    fn backend_ids(&self) -> Result<Vec<u32>, cilium_bpf::Error>;
+    /// Every reverse-NAT id.
+    fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error>;
+    /// Every service id with a Maglev table.
+    fn maglev_ids(&self) -> Vec<u16>;
+    /// Forgets flow state pointing at `backend` for service `rev_nat_id`: UDP/other
+    /// conntrack entries, affinity, unconnected-socket choices. Returns entries removed.
+    fn flush_backend(
+        &self,
+        rev_nat_id: u16,
+        backend_id: u32,
+        backend: Lb4Backend,
+    ) -> Result<usize, cilium_bpf::Error>;
+}
+
+impl LbBackend for Arc<Datapath> {
+    fn write_backends(&self, b: &[(u32, Lb4Backend)]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.backends.insert_many(b)
+    }
+    fn delete_backends(&self, ids: &[u32]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.backends.delete_many(ids).map(|_| ())
+    }
+    fn write_services(&self, e: &[(Lb4Key, Lb4Service)]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.services.insert_many(e)
+    }
+    fn delete_services(&self, keys: &[Lb4Key]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.services.delete_many(keys).map(|_| ())
+    }
+    fn set_maglev(&self, id: u16, table: &[u32]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.set_maglev(id, table)
+    }
+    fn remove_maglev(&self, id: u16) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.remove_maglev(id).map(|_| ())
+    }
+    fn write_revnat(&self, id: u16, v: Lb4RevNat) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.revnat.insert(
+            &Lb4RevNatKey {
+                rev_nat_id: id,
+                pad: 0,
+            },
+            &v,
+        )
+    }
+    fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error> {
+        self.maps()
+            .lb
+            .revnat
+            .delete(&Lb4RevNatKey {
+                rev_nat_id: id,
+                pad: 0,
+            })
+            .map(|_| ())
+    }
+    fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error> {
+        self.maps().lb.services.entries()
+    }
+    fn backend_ids(&self) -> Result<Vec<u32>, cilium_bpf::Error> {
+        Ok(self
+            .maps()
+            .lb
+            .backends
+            .entries()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+    fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error> {
+        Ok(self
+            .maps()
+            .lb
+            .revnat
+            .entries()?
+            .into_iter()
+            .map(|(k, _)| k.rev_nat_id)
+            .collect())
+    }
+    fn maglev_ids(&self) -> Vec<u16> {
+        self.maps().lb.maglev_services()
+    }
+    fn flush_backend(
+        &self,
+        rev_nat_id: u16,
+        backend_id: u32,
+        backend: Lb4Backend,
+    ) -> Result<usize, cilium_bpf::Error> {
+        let maps = self.maps();
+        let mut n = 0;
+        // Non-TCP conntrack only: established TCP connections to a terminating backend
+        // keep running; datagram flows move to a remaining backend.
+        let ct = &maps.conntrack.any;
+        for (k, v) in ct.entries()? {
+            if v.flags & CT_F_SERVICE == 0 || v.rev_nat_id != rev_nat_id {
+                continue;
+            }
+            let points = if k.flags & CT_KEY_F_SERVICE != 0 {
+                v.nat_aux == backend_id
+            } else {
+                k.daddr == backend.address && k.dport == backend.port
+                    || k.saddr == backend.address && k.sport == backend.port
+            };
+            if points && ct.delete(&k)? {
+                n += 1;
+            }
+        }
+        for (k, v) in maps.lb.affinity.entries()? {
+            if k.rev_nat_id == rev_nat_id
+                && v.backend_id == backend_id
+                && maps.lb.affinity.delete(&k)?
+            {
+                n += 1;
+            }
+        }
+        for (k, v) in maps.lb.sk_fwd.entries()? {
+            if v.rev_nat_id == rev_nat_id
+                && v.backend_id == backend_id
+                && maps.lb.sk_fwd.delete(&k)?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// What was written for one frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Written {
+    service_id: u16,
+    /// Backend ids in slot order.
+    backends: Vec<u32>,
+    /// Backend addresses (for flushing).
+    addrs: BTreeMap<u32, Lb4Backend>,
+}
+
+/// The `frontends` reconciler's operations over a backend.
+pub struct LbMapOps<B = Arc<Datapath>> {
+    backend: B,
+    algorithm: Algorithm,
+    maglev_size: u32,
+    shadow: Mutex<Option<HashMap<FrontendKey, Written>>>,
+}
+
+impl<B> std::fmt::Debug for LbMapOps<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbMapOps")
+            .field("algorithm", &self.algorithm)
+            .field("maglev_size", &self.maglev_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fe_name(k: &FrontendKey) -> String {
+    format!("{}:{}/{}", k.0, k.1, k.2)
+}
+
+fn map_err(op: &'static str, k: &FrontendKey) -> impl FnOnce(cilium_bpf::Error) -> Error {
+    let frontend = fe_name(k);
+    move |source| Error::Map {
+        op,
+        frontend,
+        source: Box::new(source),
+    }
+}
+
+fn backend_value(b: &BackendDesc, proto: u8) -> Lb4Backend {
+    Lb4Backend::new(b.address, b.port, proto, u8::from(b.terminating))
+}
+
+impl<B: LbBackend> LbMapOps<B> {
+    /// Operations writing into `backend` with the given algorithm and Maglev size.
+    pub fn new(backend: B, algorithm: Algorithm, maglev_size: u32) -> Self {
+        Self {
+            backend,
+            algorithm,
+            maglev_size,
+            shadow: Mutex::new(None),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn load_shadow(&self) -> Result<HashMap<FrontendKey, Written>, Error> {
+        let none = (Ipv4Addr::UNSPECIFIED, 0, 0);
+        let entries = self
+            .backend
+            .dump_services()
+            .map_err(map_err("listing services for", &none))?;
+        let mut headers: HashMap<FrontendKey, Lb4Service> = HashMap::new();
+        let mut slots: HashMap<FrontendKey, BTreeMap<u16, u32>> = HashMap::new();
+        for (k, v) in entries {
+            let key = (k.addr(), k.port(), k.proto);
+            if k.slot == 0 {
+                headers.insert(key, v);
+            } else {
+                slots.entry(key).or_default().insert(k.slot, v.backend_id);
+            }
+        }
+        let mut out = HashMap::new();
+        for (key, s) in &slots {
+            let h = headers.get(key);
+            // Slots beyond the header's count (or without a header) are surplus: keep
+            // them in the shadow so the next write trims them.
+            out.insert(
+                *key,
+                Written {
+                    service_id: h.map_or(0, |h| h.rev_nat_id),
+                    backends: s.values().copied().collect(),
+                    addrs: BTreeMap::new(),
+                },
+            );
+        }
+        for (key, h) in headers {
+            out.entry(key).or_insert(Written {
+                service_id: h.rev_nat_id,
+                ..Default::default()
+            });
+        }
+        Ok(out)
+    }
+
+    fn with_shadow<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<FrontendKey, Written>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut guard = self.shadow.lock();
+        if guard.is_none() {
+            *guard = Some(self.load_shadow()?);
+        }
+        let Some(shadow) = guard.as_mut() else {
+            return Err(Error::Flag {
+                flag: "internal",
+                value: String::new(),
+                reason: "lb shadow missing after load".into(),
+            });
+        };
+        let res = f(shadow);
+        if res.is_err() {
+            *guard = None;
+        }
+        res
+    }
+
+    fn header(&self, d: &FrontendDesc, n: u16) -> Lb4Service {
+        let maglev = self.algorithm == Algorithm::Maglev && n > 0;
+        let mut flags = 0;
+        if d.affinity_timeout_secs > 0 {
+            flags |= SVC_F_AFFINITY;
+        }
+        if n == 0 {
+            flags |= SVC_F_NO_BACKENDS;
+        }
+        if d.external {
+            flags |= SVC_F_EXTERNAL;
+        }
+        Lb4Service {
+            backend_id: if maglev { self.maglev_size } else { 0 },
+            affinity_timeout: d.affinity_timeout_secs,
+            count: n,
+            rev_nat_id: d.service_id,
+            flags,
+            algorithm: if maglev { LB_ALG_MAGLEV } else { LB_ALG_RANDOM },
+            pad: 0,
+        }
+    }
+
+    /// Backend ids used by any frontend in `shadow`.
+    fn referenced(shadow: &HashMap<FrontendKey, Written>) -> BTreeSet<u32> {
+        shadow
+            .values()
+            .flat_map(|w| w.backends.iter().copied())
+            .collect()
+    }
+
+    /// Writes one frontend (see the module docs for the order).
+    pub fn apply(&self, d: &FrontendDesc) -> Result<(), Error> {
+        let key = d.key();
+        self.with_shadow(|shadow| {
+            let cur = shadow.remove(&key).unwrap_or_default();
+            let n = u16::try_from(d.backends.len()).unwrap_or(u16::MAX);
+            let backends: Vec<(u32, Lb4Backend)> = d
+                .backends
+                .iter()
+                .take(usize::from(n))
+                .map(|b| (b.id, backend_value(b, d.proto)))
+                .collect();
+            // 1. backends
+            self.backend
+                .write_backends(&backends)
+                .map_err(map_err("writing backends of", &key))?;
+            // 2. slots 1..=n
+            let slots: Vec<(Lb4Key, Lb4Service)> = backends
+                .iter()
+                .zip(1u16..)
+                .map(|((id, _), slot)| {
+                    (
+                        Lb4Key::new(d.address, d.port, d.proto, slot),
+                        Lb4Service {
+                            backend_id: *id,
+                            rev_nat_id: d.service_id,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
+            self.backend
+                .write_services(&slots)
+                .map_err(map_err("writing backend slots of", &key))?;
+            // 3. Maglev
+            let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
+            if self.algorithm == Algorithm::Maglev && !ids.is_empty() {
+                let table = maglev::table(&ids, self.maglev_size);
+                self.backend
+                    .set_maglev(d.service_id, &table)
+                    .map_err(map_err("writing the Maglev table of", &key))?;
+            } else {
+                self.backend
+                    .remove_maglev(d.service_id)
+                    .map_err(map_err("removing the Maglev table of", &key))?;
+            }
+            // 4. reverse NAT
+            self.backend
+                .write_revnat(d.service_id, Lb4RevNat::new(d.address, d.port))
+                .map_err(map_err("writing reverse NAT of", &key))?;
+            // 5. header: the switch-over
+            self.backend
+                .write_services(&[(
+                    Lb4Key::new(d.address, d.port, d.proto, 0),
+                    self.header(d, n),
+                )])
+                .map_err(map_err("writing the header of", &key))?;
+            // 6. trim surplus slots
+            let old_n = u16::try_from(cur.backends.len()).unwrap_or(u16::MAX);
+            if old_n > n {
+                let surplus: Vec<Lb4Key> = (n + 1..=old_n)
+                    .map(|s| Lb4Key::new(d.address, d.port, d.proto, s))
+                    .collect();
+                self.backend
+                    .delete_services(&surplus)
+                    .map_err(map_err("trimming slots of", &key))?;
+            }
+            if cur.service_id != 0 && cur.service_id != d.service_id {
+                self.backend
+                    .delete_revnat(cur.service_id)
+                    .map_err(map_err("deleting the old reverse NAT of", &key))?;
+                self.backend
+                    .remove_maglev(cur.service_id)
+                    .map_err(map_err("removing the old Maglev table of", &key))?;
+            }
+            // 7. flush flows of removed backends, delete orphans
+            let new_ids: BTreeSet<u32> = ids.iter().copied().collect();
+            let removed: Vec<u32> = cur
+                .backends
+                .iter()
+                .copied()
+                .filter(|id| !new_ids.contains(id))
+                .collect();
+            let mut addrs: BTreeMap<u32, Lb4Backend> = backends.iter().copied().collect();
+            for (id, v) in &cur.addrs {
+                addrs.entry(*id).or_insert(*v);
+            }
+            shadow.insert(
+                key,
+                Written {
+                    service_id: d.service_id,
+                    backends: ids,
+                    addrs: addrs.clone(),
+                },
+            );
+            self.forget_backends(shadow, &key, cur.service_id, &removed, &cur.addrs)?;
+            tracing::debug!(frontend = %fe_name(&key), service = %d.service, backends = n, removed = removed.len(), "frontend written");
+            Ok(())
+        })
+    }
+
+    fn forget_backends(
+        &self,
+        shadow: &HashMap<FrontendKey, Written>,
+        key: &FrontendKey,
+        service_id: u16,
+        removed: &[u32],
+        addrs: &BTreeMap<u32, Lb4Backend>,
+    ) -> Result<(), Error> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for id in removed {
+            if let Some(be) = addrs.get(id) {
+                let n = self
+                    .backend
+                    .flush_backend(service_id, *id, *be)
+                    .map_err(map_err("flushing flows of a removed backend of", key))?;
+                if n > 0 {
+                    tracing::info!(frontend = %fe_name(key), backend = id, flushed = n, "flows of a removed backend flushed");
+                }
+            }
+        }
+        let used = Self::referenced(shadow);
+        let orphans: Vec<u32> = removed
+            .iter()
+            .copied()
+            .filter(|id| !used.contains(id))
+            .collect();
+        self.backend
+            .delete_backends(&orphans)
+            .map_err(map_err("deleting orphan backends of", key))
+    }
+
+    /// Removes one frontend: header first, then slots, Maglev, reverse NAT, orphans.
+    pub fn remove(&self, d: &FrontendDesc) -> Result<(), Error> {
+        let key = d.key();
+        self.with_shadow(|shadow| {
+            let cur = shadow.remove(&key).unwrap_or_default();
+            self.remove_written(shadow, &key, &cur, d.service_id)
+        })
+    }
+
+    fn remove_written(
+        &self,
+        shadow: &HashMap<FrontendKey, Written>,
+        key: &FrontendKey,
+        cur: &Written,
+        service_id: u16,
+    ) -> Result<(), Error> {
+        let (addr, port, proto) = *key;
+        self.backend
+            .delete_services(&[Lb4Key::new(addr, port, proto, 0)])
+            .map_err(map_err("deleting the header of", key))?;
+        let n = u16::try_from(cur.backends.len()).unwrap_or(u16::MAX);
+        let slots: Vec<Lb4Key> = (1..=n).map(|s| Lb4Key::new(addr, port, proto, s)).collect();
+        self.backend
+            .delete_services(&slots)
+            .map_err(map_err("deleting slots of", key))?;
+        for id in [service_id, cur.service_id] {
+            if id == 0 {
+                continue;
+            }
+            self.backend
+                .remove_maglev(id)
+                .map_err(map_err("removing the Maglev table of", key))?;
+            self.backend
+                .delete_revnat(id)
+                .map_err(map_err("deleting reverse NAT of", key))?;
+        }
+        self.forget_backends(shadow, key, cur.service_id, &cur.backends, &cur.addrs)
+    }
+
+    /// Removes every frontend, reverse NAT, Maglev table and backend not in `wanted`.
+    pub fn prune_to(&self, wanted: &[FrontendDesc]) -> Result<(), Error> {
+        let mut guard = self.shadow.lock();
+        *guard = None;
+        let mut present = self.load_shadow()?;
+        let want_keys: BTreeSet<FrontendKey> = wanted.iter().map(FrontendDesc::key).collect();
+        let stale: Vec<FrontendKey> = present
+            .keys()
+            .filter(|k| !want_keys.contains(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            if let Some(w) = present.remove(k) {
+                self.remove_written(&present, k, &w, 0)?;
+            }
+        }
+        let none = (Ipv4Addr::UNSPECIFIED, 0, 0);
+        let want_ids: BTreeSet<u16> = wanted.iter().map(|d| d.service_id).collect();
+        for id in self
+            .backend
+            .revnat_ids()
+            .map_err(map_err("listing reverse NAT for", &none))?
+        {
+            if !want_ids.contains(&id) {
+                self.backend
+                    .delete_revnat(id)
+                    .map_err(map_err("pruning reverse NAT for", &none))?;
+            }
+        }
+        for id in self.backend.maglev_ids() {
+            if !want_ids.contains(&id) || self.algorithm != Algorithm::Maglev {
+                self.backend
+                    .remove_maglev(id)
+                    .map_err(map_err("pruning Maglev tables for", &none))?;
+            }
+        }
+        let want_backends: BTreeSet<u32> = wanted
+            .iter()
+            .flat_map(|d| d.backends.iter().map(|b| b.id))
+            .chain(Self::referenced(&present))
+            .collect();
+        let orphans: Vec<u32> = self
+            .backend
+            .backend_ids()
+            .map_err(map_err("listing backends for", &none))?
+            .into_iter()
+            .filter(|id| !want_backends.contains(id))
+            .collect();
+        if !orphans.is_empty() || !stale.is_empty() {
+            tracing::info!(
+                frontends = stale.len(),
+                backends = orphans.len(),
+                "pruned load-balancer entries no frontend wants"
+            );
+        }
+        self.backend
+            .delete_backends(&orphans)
+            .map_err(map_err("pruning backends for", &none))?;
+        *guard = Some(present);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<T, B> Operations<T> for LbMapOps<B>
+where
+    T: FrontendSource + Reconcilable,
+    B: LbBackend,
+{
+    type Error = Error;
+
+    async fn update(&self, _txn: &ReadTxn, _rev: Revision, obj: &T) -> Result<(), Error> {
+        self.apply(&obj.desc())
+    }
+
+    async fn delete(&self, _txn: &ReadTxn, _rev: Revision, obj: &T) -> Result<(), Error> {
+        self.remove(&obj.desc())
+    }
+
+    async fn prune(&self, _txn: &ReadTxn, objects: ObjIter<'_, T>) -> Result<(), Error> {
+        let wanted: Vec<FrontendDesc> = objects.map(|o| o.desc()).collect();
+        self.prune_to(&wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake map set that logs every call.
+    #[derive(Default)]
+    struct Fake {
+        services: Mutex<BTreeMap<Lb4Key, Lb4Service>>,
+        backends: Mutex<BTreeMap<u32, Lb4Backend>>,
+        revnat: Mutex<BTreeMap<u16, Lb4RevNat>>,
+        maglev: Mutex<BTreeMap<u16, Vec<u32>>>,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl LbBackend for Arc<Fake> {
+        fn write_backends(&self, b: &[(u32, Lb4Backend)]) -> Result<(), cilium_bpf::Error> {
+            let ids: Vec<u32> = b.iter().map(|(i, _)| *i).collect();
+            self.log.lock().push(format!("backends {ids:?}"));
+            self.backends.lock().extend(b.iter().copied());
+            Ok(())
+        }
+        fn delete_backends(&self, ids: &[u32]) -> Result<(), cilium_bpf::Error> {
+            self.log.lock().push(format!("del-backends {ids:?}"));
+            let mut m = self.backends.lock();
+            for i in ids {
+                m.remove(i);
+            }
+            Ok(())
+        }
+        fn write_services(&self, e: &[(Lb4Key, Lb4Service)]) -> Result<(), cilium_bpf::Error> {
+            let slots: Vec<u16> = e.iter().map(|(k, _)| k.slot).collect();
+            self.log.lock().push(format!("slots {slots:?}"));
+            self.services.lock().extend(e.iter().copied());
+            Ok(())
+        }
+        fn delete_services(&self, keys: &[Lb4Key]) -> Result<(), cilium_bpf::Error> {
+            let slots: Vec<u16> = keys.iter().map(|k| k.slot).collect();
+            self.log.lock().push(format!("del-slots {slots:?}"));
+            let mut m = self.services.lock();
+            for k in keys {
+                m.remove(k);
+            }
+            Ok(())
+        }
+        fn set_maglev(&self, id: u16, table: &[u32]) -> Result<(), cilium_bpf::Error> {
+            self.log.lock().push(format!("maglev {id}"));
+            self.maglev.lock().insert(id, table.to_vec());
+            Ok(())
+        }
+        fn remove_maglev(&self, id: u16) -> Result<(), cilium_bpf::Error> {
+            self.maglev.lock().remove(&id);
+            Ok(())
+        }
+        fn write_revnat(&self, id: u16, v: Lb4RevNat) -> Result<(), cilium_bpf::Error> {
+            self.log.lock().push(format!("revnat {id}"));
+            self.revnat.lock().insert(id, v);
+            Ok(())
+        }
+        fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error> {
+            self.revnat.lock().remove(&id);
+            Ok(())
+        }
+        fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error> {
+            Ok(self.services.lock().iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn backend_ids(&self) -> Result<Vec<u32>, cilium_bpf::Error> {
+            Ok(self.backends.lock().keys().copied().collect())
+        }
+        fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error> {
+            Ok(self.revnat.lock().keys().copied().collect())
+        }
+        fn maglev_ids(&self) -> Vec<u16> {
+            self.maglev.lock().keys().copied().collect()
+        }
+        fn flush_backend(
+            &self,
+            _rev_nat_id: u16,
+            backend_id: u32,
+            _backend: Lb4Backend,
+        ) -> Result<usize, cilium_bpf::Error> {
+            self.log.lock().push(format!("flush {backend_id}"));
+            Ok(0)
+        }
+    }
+
+    fn fe(id: u16, backends: &[u32]) -> FrontendDesc {
+        FrontendDesc {
+            address: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: 6,
+            external: false,
+            kind: "ClusterIP".into(),
+            service: "x/s".into(),
+            service_id: id,
+            backends: backends
+                .iter()
+                .map(|b| BackendDesc {
+                    id: *b,
+                    address: Ipv4Addr::new(10, 200, 0, u8::try_from(*b).unwrap()),
+                    port: 8080,
+                    terminating: false,
+                })
+                .collect(),
+            affinity_timeout_secs: 0,
+        }
+    }
+
+    #[test]
+    fn writes_backends_slots_maglev_revnat_then_header_then_trims() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Maglev, 251);
+        ops.apply(&fe(7, &[1, 2, 3])).unwrap();
+        assert_eq!(
+            fake.log.lock().clone(),
+            vec![
+                "backends [1, 2, 3]",
+                "slots [1, 2, 3]",
+                "maglev 7",
+                "revnat 7",
+                "slots [0]"
+            ]
+        );
+        let hdr = fake.services.lock()[&Lb4Key::new(Ipv4Addr::new(10, 96, 0, 10), 80, 6, 0)];
+        assert_eq!(
+            (hdr.count, hdr.algorithm, hdr.backend_id),
+            (3, LB_ALG_MAGLEV, 251)
+        );
+        assert_eq!(fake.maglev.lock()[&7].len(), 251);
+        fake.log.lock().clear();
+        // Backend 3 leaves: header (count 2) before the surplus slot 3 goes, then flush
+        // and delete the orphan.
+        ops.apply(&fe(7, &[1, 2])).unwrap();
+        assert_eq!(
+            fake.log.lock().clone(),
+            vec![
+                "backends [1, 2]",
+                "slots [1, 2]",
+                "maglev 7",
+                "revnat 7",
+                "slots [0]",
+                "del-slots [3]",
+                "flush 3",
+                "del-backends [3]"
+            ]
+        );
+        assert_eq!(fake.services.lock().len(), 3);
+        assert!(!fake.backends.lock().contains_key(&3));
+        // No backends: the header says so (refuse at once).
+        ops.apply(&fe(7, &[])).unwrap();
+        let hdr = fake.services.lock()[&Lb4Key::new(Ipv4Addr::new(10, 96, 0, 10), 80, 6, 0)];
+        assert_eq!(hdr.count, 0);
+        assert_ne!(hdr.flags & SVC_F_NO_BACKENDS, 0);
+        fake.log.lock().clear();
+        ops.apply(&fe(7, &[4])).unwrap();
+        ops.remove(&fe(7, &[4])).unwrap();
+        let log = fake.log.lock().clone();
+        let del = log.iter().position(|l| l == "del-slots [0]").unwrap();
+        assert_eq!(
+            log[del + 1],
+            "del-slots [1]",
+            "header removed before the slots: {log:?}"
+        );
+        assert!(fake.services.lock().is_empty() && fake.backends.lock().is_empty());
+        assert!(fake.revnat.lock().is_empty() && fake.maglev.lock().is_empty());
+    }
+
+    #[test]
+    fn shared_backends_survive_and_prune_after_restart_removes_the_rest() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        let mut other = fe(8, &[1, 9]);
+        other.port = 81;
+        ops.apply(&fe(7, &[1, 2])).unwrap();
+        ops.apply(&other).unwrap();
+        ops.apply(&fe(7, &[2])).unwrap();
+        assert!(fake.backends.lock().contains_key(&1), "still used by :81");
+        // Restart: a new instance prunes to what the table wants.
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        ops.prune_to(&[fe(7, &[2])]).unwrap();
+        assert_eq!(
+            fake.backends.lock().keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(
+            fake.revnat.lock().keys().copied().collect::<Vec<_>>(),
+            vec![7]
+        );
+        assert!(fake.services.lock().keys().all(|k| k.port() == 80));
+    }
+}

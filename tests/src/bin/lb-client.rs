@@ -1,0 +1,243 @@
+//! `lb-client`: the small server and clients the service e2e tests and `bench-lb` run inside
+//! pod namespaces (and inside the agent's test cgroup, so the socket hooks see them).
+//!
+//! ```text
+//! lb-client serve TOKEN [--tcp P[,P]] [--udp P[,P]]    answer "TOKEN CLIENT-IP" per connection/datagram
+//! lb-client tcp ADDR:PORT COUNT [TIMEOUT_MS]           COUNT connections, one result line each
+//! lb-client udp ADDR:PORT COUNT [TIMEOUT_MS]           one unconnected socket, COUNT datagrams
+//! lb-client udp-connected ADDR:PORT COUNT [TIMEOUT_MS] one connected socket, COUNT datagrams
+//! lb-client udp-stdin ADDR:PORT [TIMEOUT_MS]           one unconnected socket, a datagram per stdin line
+//! lb-client rate ADDR:PORT DURATION_MS                 connect + read to EOF + close in a loop; JSON
+//! ```
+//!
+//! A result line is `ok TOKEN SEEN-CLIENT-IP REPLY-FROM` (REPLY-FROM: the peer as the socket
+//! reports it, getpeername for TCP, recvfrom's address for UDP) or `err KIND` where KIND is
+//! `refused`, `timeout`, `host-unreachable`, `net-unreachable`, `reset` or the OS error.
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn kind(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "refused".into(),
+        K::TimedOut | K::WouldBlock => "timeout".into(),
+        K::HostUnreachable => "host-unreachable".into(),
+        K::NetworkUnreachable => "net-unreachable".into(),
+        K::ConnectionReset => "reset".into(),
+        _ => format!("os-{}", e.raw_os_error().unwrap_or(-1)),
+    }
+}
+
+fn ports(arg: Option<&String>) -> Vec<u16> {
+    arg.map(|s| s.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn serve(token: &str, tcp: &[u16], udp: &[u16]) -> ExitCode {
+    let mut threads = Vec::new();
+    for &p in tcp {
+        let l = match TcpListener::bind(("0.0.0.0", p)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("lb-client serve: bind tcp/{p}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let token = token.to_string();
+        threads.push(std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let peer = c
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let _ = c.write_all(format!("{token} {peer}\n").as_bytes());
+            }
+        }));
+    }
+    for &p in udp {
+        let u = match UdpSocket::bind(("0.0.0.0", p)) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("lb-client serve: bind udp/{p}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let token = token.to_string();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(format!("{token} {}\n", from.ip()).as_bytes(), from);
+            }
+        }));
+    }
+    println!("serving");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+    ExitCode::SUCCESS
+}
+
+fn tcp_once(addr: SocketAddr, timeout: Duration) -> String {
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return format!("err {}", kind(&e)),
+    };
+    let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut got = String::new();
+    match s.read_to_string(&mut got) {
+        Ok(_) if !got.trim().is_empty() => format!("ok {} {from}", got.trim()),
+        Ok(_) => "err empty".into(),
+        Err(e) => format!("err {}", kind(&e)),
+    }
+}
+
+fn udp_once(s: &UdpSocket, addr: Option<SocketAddr>) -> String {
+    let sent = match addr {
+        Some(a) => s.send_to(b"probe", a),
+        None => s.send(b"probe"),
+    };
+    if let Err(e) = sent {
+        return format!("err {}", kind(&e));
+    }
+    let mut buf = [0u8; 1500];
+    match s.recv_from(&mut buf) {
+        Ok((n, from)) => format!(
+            "ok {} {from}",
+            String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).trim()
+        ),
+        Err(e) => format!("err {}", kind(&e)),
+    }
+}
+
+fn udp_socket(timeout: Duration) -> Result<UdpSocket, String> {
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| format!("timeout: {e}"))?;
+    Ok(s)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or(0)
+}
+
+fn rate(addr: SocketAddr, dur: Duration) -> String {
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut lat = Vec::new();
+    let mut last_err = String::new();
+    while start.elapsed() < dur {
+        let t0 = Instant::now();
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut s) => {
+                lat.push(t0.elapsed().as_micros() as u64);
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                ok += 1;
+            }
+            Err(e) => {
+                failed += 1;
+                last_err = kind(&e);
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    format!(
+        r#"{{"ok":{ok},"failed":{failed},"secs":{secs},"rate":{},"p50_us":{},"p99_us":{},"last_error":"{last_err}"}}"#,
+        ok as f64 / secs,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    )
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let addr = || -> Result<SocketAddr, String> {
+        arg(1)
+            .parse()
+            .map_err(|e| format!("bad ADDR:PORT {:?}: {e}", arg(1)))
+    };
+    let num = |i: usize, default: u64| arg(i).parse::<u64>().unwrap_or(default);
+    let result: Result<(), String> = (|| {
+        match arg(0).as_str() {
+            "serve" => {
+                let flag = |name: &str| {
+                    args.iter()
+                        .position(|a| a == name)
+                        .and_then(|i| args.get(i + 1))
+                };
+                let code = serve(&arg(1), &ports(flag("--tcp")), &ports(flag("--udp")));
+                if code != ExitCode::SUCCESS {
+                    return Err("serve failed".into());
+                }
+            }
+            "tcp" => {
+                let a = addr()?;
+                let timeout = Duration::from_millis(num(3, 3000));
+                for _ in 0..num(2, 1) {
+                    println!("{}", tcp_once(a, timeout));
+                }
+            }
+            "udp" | "udp-connected" => {
+                let a = addr()?;
+                let s = udp_socket(Duration::from_millis(num(3, 2000)))?;
+                let target = if arg(0) == "udp" {
+                    Some(a)
+                } else {
+                    s.connect(a).map_err(|e| format!("err {}", kind(&e)))?;
+                    None
+                };
+                for _ in 0..num(2, 1) {
+                    println!("{}", udp_once(&s, target));
+                }
+            }
+            "udp-stdin" => {
+                let a = addr()?;
+                let s = udp_socket(Duration::from_millis(num(2, 1000)))?;
+                let local = s.local_addr().map(|l| l.to_string()).unwrap_or_default();
+                println!("local {local}");
+                let _ = std::io::stdout().flush();
+                for line in std::io::stdin().lock().lines() {
+                    if line.is_err() {
+                        break;
+                    }
+                    println!("{}", udp_once(&s, Some(a)));
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            "rate" => {
+                let a = addr()?;
+                println!("{}", rate(a, Duration::from_millis(num(2, 1000))));
+            }
+            other => {
+                return Err(format!(
+                    "unknown mode {other:?} (serve|tcp|udp|udp-connected|udp-stdin|rate)"
+                ));
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A connect error of udp-connected is a result line, not a usage error.
+            if e.starts_with("err ") {
+                println!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("lb-client: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
