@@ -8,7 +8,7 @@ fn main() {
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .unwrap_or_default();
     let mut failed = false;
-    for b in ["bench-statedb", "bench-policy"] {
+    for b in ["bench-statedb", "bench-policy", "bench-lb"] {
         match Command::new(dir.join(b)).status() {
             Ok(s) if s.success() => {}
             Ok(s) => {

@@ -1,0 +1,839 @@
+//! Load-balancer benchmark (privileged; prints `SKIPPED: <why>` when it cannot run).
+//!
+//! A client pod and 10 backend pods (real agent, cilium-cni), each backend running
+//! `lb-client serve`. One measured ClusterIP service has the 10 pods as backends; 0, 999 or
+//! 9,999 extra services with 10 (fake) backends each exist beside it. For every count it
+//! measures the new-connection rate (connect + read to EOF + close in a loop from one process
+//! in the client pod, best of three windows) and the connect latency (p50/p99 of that window):
+//!
+//! - **ours**: the agent with the load balancer on; the client inside the agent's cgroup (socket
+//!   LB at connect) and outside it (per-packet DNAT at from-container);
+//! - **iptables**: an agent with `--enable-lb=false` and the same services as kube-proxy-style
+//!   nat rules generated here (KUBE-SERVICES → KUBE-SVC-<hash> with `statistic --mode random`
+//!   → KUBE-SEP-<hash> DNAT), loaded with `iptables-restore --noflush` and removed at the end.
+//!   The measured service sits in the middle of KUBE-SERVICES (kube-proxy's order is arbitrary,
+//!   so the middle is the expected position).
+//!
+//! Control plane: 10,000 services × 10 backends in one `ciliumctl apply`, timed until every
+//! frontend is in the BPF services map with its 10 slots (`ciliumctl bpf lb list -o json`).
+//!
+//! Prints a markdown table and writes it into docs/performance.md between the `bench-lb`
+//! markers. `BENCH_LB_QUICK=1`: 1/100/1,000 services, short windows, the doc left alone.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cilium_e2e::model::ctl_apply;
+use cilium_e2e::services::{
+    Cgroup, Client, SliceEp, SvcPort, enable_forwarding, lb_args, serve, service_yaml, slice_yaml,
+    start_agent,
+};
+use cilium_e2e::{Agent, Bg, Pod, privileged};
+
+const NS: &str = "bench";
+const POD_CIDR: &str = "10.239.0.0/24";
+const SERVICE_CIDR: &str = "10.239.64.0/18";
+const BACKENDS: usize = 10;
+const TARGET_PORT: u16 = 8080;
+const JUMP_COMMENT: &str = "bench-lb kubernetes service portals";
+/// The jumps from the built-in nat chains into the generated ones.
+const JUMPS: [(&str, &str); 3] = [
+    ("PREROUTING", "KUBE-SERVICES"),
+    ("OUTPUT", "KUBE-SERVICES"),
+    ("POSTROUTING", "KUBE-POSTROUTING"),
+];
+
+/// VIP of service `i` (0 = the measured one).
+fn vip(i: usize) -> Ipv4Addr {
+    let base = u32::from(Ipv4Addr::new(10, 239, 64, 1));
+    Ipv4Addr::from(base + u32::try_from(i).unwrap_or(0))
+}
+
+/// Fake backend `j` of extra service `i`: a pool of 4,000 addresses in 172.30.0.0/16 (distinct
+/// within a service), so the backends map holds a realistic number of shared backends.
+fn fake_backend(i: usize, j: usize) -> Ipv4Addr {
+    let n = (i * 7 + j * 101) % 4000;
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 30, 0, 1)) + u32::try_from(n).unwrap_or(0))
+}
+
+fn backends_of(i: usize, real: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    if i == 0 {
+        real.to_vec()
+    } else {
+        (0..BACKENDS).map(|j| fake_backend(i, j)).collect()
+    }
+}
+
+fn ports() -> [SvcPort; 1] {
+    [SvcPort::tcp("http", 80, TARGET_PORT)]
+}
+
+/// Service + EndpointSlice objects of services `range`.
+fn objects(range: std::ops::Range<usize>, real: &[Ipv4Addr]) -> String {
+    let mut s = String::new();
+    for i in range {
+        let name = format!("svc-{i}");
+        let eps: Vec<SliceEp> = backends_of(i, real)
+            .into_iter()
+            .map(|ip| SliceEp::ready(ip, "bench"))
+            .collect();
+        s.push_str(&service_yaml(NS, &name, vip(i), &ports(), ""));
+        s.push_str(&slice_yaml(NS, &name, &format!("{name}-1"), &eps, &ports()));
+    }
+    s
+}
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// kube-proxy-style chain name: prefix + 16 upper-case characters of a hash.
+fn chain(prefix: &str, key: &str) -> String {
+    format!("{prefix}-{:016X}", fnv(key))
+}
+
+/// The nat table rules of `n` services (the measured one in the middle of KUBE-SERVICES),
+/// as an `iptables-restore --noflush` input that replaces whatever these chains held.
+fn iptables_rules(n: usize, real: &[Ipv4Addr], jump: bool) -> String {
+    let mut chains = String::from(
+        ":KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
+    );
+    let mut rules = String::from(
+        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n",
+    );
+    let mut order: Vec<usize> = (1..n).collect();
+    order.insert((n - 1) / 2, 0);
+    let mut svc_rules = String::new();
+    for i in order {
+        let name = format!("{NS}/svc-{i}:http");
+        let svc = chain("KUBE-SVC", &name);
+        chains.push_str(&format!(":{svc} - [0:0]\n"));
+        svc_rules.push_str(&format!(
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport 80 -j {svc}\n",
+            vip(i)
+        ));
+        // kube-proxy --masquerade-all: every service connection is marked for SNAT.
+        rules.push_str(&format!(
+            "-A {svc} -d {}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ\n",
+            vip(i)
+        ));
+        let bs = backends_of(i, real);
+        let count = bs.len();
+        for (j, b) in bs.iter().enumerate() {
+            let sep = chain("KUBE-SEP", &format!("{name}/{b}"));
+            chains.push_str(&format!(":{sep} - [0:0]\n"));
+            if j + 1 < count {
+                rules.push_str(&format!(
+                    "-A {svc} -m comment --comment \"{name}\" -m statistic --mode random --probability {:.10} -j {sep}\n",
+                    1.0 / (count - j) as f64
+                ));
+            } else {
+                rules.push_str(&format!(
+                    "-A {svc} -m comment --comment \"{name}\" -j {sep}\n"
+                ));
+            }
+            rules.push_str(&format!(
+                "-A {sep} -p tcp -m comment --comment \"{name}\" -m tcp -j DNAT --to-destination {b}:{TARGET_PORT}\n"
+            ));
+        }
+    }
+    let mut s = format!("*nat\n{chains}{svc_rules}{rules}");
+    if jump {
+        for (hook, target) in JUMPS {
+            s.push_str(&format!(
+                "-A {hook} -m comment --comment \"{JUMP_COMMENT}\" -j {target}\n"
+            ));
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// The iptables flavour: `BENCH_LB_IPTABLES=legacy` uses `iptables-legacy*`, anything else
+/// the system's `iptables*` (nf_tables on most current distributions).
+fn ipt(tool: &str) -> String {
+    match std::env::var("BENCH_LB_IPTABLES").as_deref() {
+        Ok("legacy") => tool.replacen("iptables", "iptables-legacy", 1),
+        _ => tool.to_string(),
+    }
+}
+
+fn iptables_restore(input: &str) -> Result<Duration, String> {
+    use std::io::Write as _;
+    let t0 = Instant::now();
+    let mut child = Command::new(ipt("iptables-restore"))
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    if let Some(mut si) = child.stdin.take() {
+        si.write_all(input.as_bytes())
+            .map_err(|e| format!("iptables-restore stdin: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "iptables-restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+        ));
+    }
+    Ok(t0.elapsed())
+}
+
+/// Removes every chain and jump rule the benchmark installed (on drop, also after a panic).
+struct IptablesGuard;
+
+impl Drop for IptablesGuard {
+    fn drop(&mut self) {
+        for (hook, target) in JUMPS {
+            while Command::new(ipt("iptables"))
+                .args([
+                    "-t",
+                    "nat",
+                    "-D",
+                    hook,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    JUMP_COMMENT,
+                    "-j",
+                    target,
+                ])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {}
+        }
+        let saved = Command::new(ipt("iptables-save"))
+            .args(["-t", "nat"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ours: Vec<&str> = saved
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| {
+                [
+                    "KUBE-SERVICES",
+                    "KUBE-SVC-",
+                    "KUBE-SEP-",
+                    "KUBE-MARK-MASQ",
+                    "KUBE-POSTROUTING",
+                ]
+                .iter()
+                .any(|p| c.starts_with(p))
+            })
+            .collect();
+        if ours.is_empty() {
+            return;
+        }
+        let mut s = String::from("*nat\n");
+        for c in &ours {
+            s.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for c in &ours {
+            s.push_str(&format!("-X {c}\n"));
+        }
+        s.push_str("COMMIT\n");
+        if let Err(e) = iptables_restore(&s) {
+            eprintln!("bench-lb: removing the iptables chains failed: {e}");
+        }
+    }
+}
+
+/// Frontends in the BPF services map with all their slots, and how long the listing took.
+fn programmed(agent: &Agent) -> Option<(usize, Duration)> {
+    let t0 = Instant::now();
+    let out = agent.ctl(&["bpf", "lb", "list", "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let n = v["services"]
+        .as_array()?
+        .iter()
+        .filter(|s| s["slots"].as_array().is_some_and(|a| a.len() >= BACKENDS))
+        .count();
+    Some((n, t0.elapsed()))
+}
+
+/// Wait until `want` frontends are programmed (at most `limit`); returns when, and the slowest
+/// poll (the measurement's granularity).
+fn wait_programmed(
+    agent: &Agent,
+    want: usize,
+    t0: Instant,
+    limit: Duration,
+) -> Result<(Duration, Duration), String> {
+    let mut poll = Duration::ZERO;
+    let mut last = 0;
+    let mut progress = Instant::now();
+    loop {
+        match programmed(agent) {
+            Some((n, took)) => {
+                poll = poll.max(took);
+                if n != last {
+                    progress = Instant::now();
+                }
+                last = n;
+                if n >= want {
+                    return Ok((t0.elapsed(), poll));
+                }
+            }
+            None if t0.elapsed() > Duration::from_secs(5) => {
+                return Err("ciliumctl bpf lb list fails".into());
+            }
+            None => {}
+        }
+        if progress.elapsed() > Duration::from_secs(20) && last > 0 {
+            return Err(format!(
+                "only {last} of {want} frontends in the BPF map; no progress for 20 s"
+            ));
+        }
+        if t0.elapsed() > limit {
+            return Err(format!(
+                "only {last} of {want} frontends in the BPF map after {} s",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    rate: f64,
+    p50_us: u64,
+    p99_us: u64,
+    failed: u64,
+    last_error: String,
+}
+
+/// Best of `windows` windows of `lb-client rate`.
+fn measure(client: &Client<'_>, addr: &str, dur: Duration, windows: u32) -> Sample {
+    let mut best = Sample::default();
+    for _ in 0..windows {
+        let out = client
+            .command(&["rate", addr, &dur.as_millis().to_string()])
+            .output();
+        let Ok(out) = out else { continue };
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let s = Sample {
+            rate: v["rate"].as_f64().unwrap_or(0.0),
+            p50_us: v["p50_us"].as_u64().unwrap_or(0),
+            p99_us: v["p99_us"].as_u64().unwrap_or(0),
+            failed: v["failed"].as_u64().unwrap_or(0),
+            last_error: v["last_error"].as_str().unwrap_or("").to_string(),
+        };
+        let last_error = if s.last_error.is_empty() {
+            best.last_error.clone()
+        } else {
+            s.last_error.clone()
+        };
+        if s.rate >= best.rate {
+            let failed = best.failed + s.failed;
+            best = Sample { failed, ..s };
+        } else {
+            best.failed += s.failed;
+        }
+        best.last_error = last_error;
+    }
+    best
+}
+
+struct Row {
+    implementation: &'static str,
+    path: &'static str,
+    services: usize,
+    sample: Sample,
+    note: String,
+}
+
+/// The agent, ciliumctl, cilium-cni and lb-client must be where `cilium_e2e::bin` looks.
+fn binaries_present() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let here = exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let dirs: Vec<std::path::PathBuf> = match std::env::var_os("CILIUM_BIN_DIR") {
+        Some(d) => vec![d.into()],
+        None => vec![
+            here.parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+            here,
+        ],
+    };
+    for b in ["cilium-agent", "ciliumctl", "cilium-cni", "lb-client"] {
+        if !dirs.iter().any(|d| d.join(b).exists()) {
+            return Err(format!(
+                "{b} not found in {dirs:?}: build the workspace binaries with the same profile \
+                 (cargo build --release --workspace --bins) or set CILIUM_BIN_DIR"
+            ));
+        }
+    }
+    for tool in ["iptables", "iptables-restore", "iptables-save"] {
+        let tool = ipt(tool);
+        if !Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Err(format!("{tool} is not installed"));
+        }
+    }
+    Ok(())
+}
+
+struct Cluster<'a> {
+    client: Pod<'a>,
+    backends: Vec<Pod<'a>>,
+    _servers: Vec<Bg>,
+}
+
+fn cluster(agent: &Agent) -> Cluster<'_> {
+    if let Err(e) = ctl_apply(
+        agent,
+        "apply",
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"),
+    ) {
+        eprintln!("bench-lb: namespace: {e}");
+    }
+    let client = Pod::add(
+        agent,
+        &format!("K8S_POD_NAMESPACE={NS};K8S_POD_NAME=client"),
+    );
+    for (k, v) in [
+        ("net.ipv4.ip_local_port_range", "1024 65000"),
+        ("net.ipv4.tcp_tw_reuse", "1"),
+    ] {
+        let _ = client.exec("sysctl", &["-q", "-w", &format!("{k}={v}")]);
+    }
+    let backends: Vec<Pod<'_>> = (0..BACKENDS)
+        .map(|j| Pod::add(agent, &format!("K8S_POD_NAMESPACE={NS};K8S_POD_NAME=b{j}")))
+        .collect();
+    let servers = backends
+        .iter()
+        .enumerate()
+        .map(|(j, p)| serve(p, &format!("b{j}"), &[TARGET_PORT], &[]))
+        .collect();
+    Cluster {
+        client,
+        backends,
+        _servers: servers,
+    }
+}
+
+/// Services per `ciliumctl apply` while building up the service counts (the control-plane
+/// measurement applies everything at once).
+const APPLY_CHUNK: usize = 1000;
+
+/// Apply services `range` in chunks of [`APPLY_CHUNK`]; the total time.
+fn apply_range(
+    agent: &Agent,
+    range: std::ops::Range<usize>,
+    real: &[Ipv4Addr],
+) -> Result<Duration, String> {
+    chunked(agent, "apply", range, real)
+}
+
+/// `ciliumctl VERB` of services `range` in chunks of [`APPLY_CHUNK`].
+fn chunked(
+    agent: &Agent,
+    verb: &str,
+    range: std::ops::Range<usize>,
+    real: &[Ipv4Addr],
+) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + APPLY_CHUNK).min(range.end);
+        ctl_apply(agent, verb, &objects(start..end, real)).map_err(|e| short(&e))?;
+        start = end;
+    }
+    Ok(t0.elapsed())
+}
+
+fn short(e: &str) -> String {
+    e.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(140)
+        .collect::<String>()
+        .replace('|', "/")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Rows of our load balancer, plus the control-plane measurement (duration, note).
+fn run_ours(
+    counts: &[usize],
+    total: usize,
+    dur: Duration,
+    windows: u32,
+) -> (Vec<Row>, (Option<Duration>, String)) {
+    let cg = match Cgroup::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench-lb: {e}");
+            std::process::exit(1);
+        }
+    };
+    let agent = start_agent(
+        POD_CIDR,
+        &lb_args(&cg, SERVICE_CIDR, &["--node-name", "bench"]),
+    );
+    let c = cluster(&agent);
+    let real: Vec<Ipv4Addr> = c.backends.iter().map(|p| p.ip).collect();
+    let addr = format!("{}:80", vip(0));
+    let mut rows = Vec::new();
+    let mut have = 0usize;
+    for &n in counts {
+        let added = n.saturating_sub(have);
+        let note = match apply_range(&agent, have..n, &real) {
+            Ok(took) => {
+                have = n;
+                match wait_programmed(&agent, n, Instant::now(), Duration::from_secs(300)) {
+                    Ok(_) => format!("apply of {added} services took {}", ms(took)),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => format!("apply failed: {e}"),
+        };
+        let _ = Client::pod_in(&c.client, &cg).tcp_until_ok(&addr, Duration::from_secs(5));
+        for (path, client) in [
+            (
+                "socket LB (client in the agent's cgroup)",
+                Client::pod_in(&c.client, &cg),
+            ),
+            (
+                "per-packet DNAT (client outside it)",
+                Client::pod_out(&c.client),
+            ),
+        ] {
+            let sample = measure(&client, &addr, dur, windows);
+            eprintln!("ours, {path}, {n} services: {sample:?} {note}");
+            rows.push(Row {
+                implementation: "ours",
+                path,
+                services: n,
+                sample,
+                note: note.clone(),
+            });
+        }
+    }
+
+    // Control plane: back to one service, then all `total` in one apply.
+    let cp = if have > 1 && chunked(&agent, "delete", 1..have, &real).is_err() {
+        (None, "deleting the extra services failed".to_string())
+    } else {
+        let _ = wait_until_count(&agent, 1);
+        let all = objects(0..total, &real);
+        let t0 = Instant::now();
+        match ctl_apply(&agent, "apply", &all) {
+            Err(e) => (None, format!("apply failed: {}", short(&e))),
+            Ok(()) => {
+                let applied = t0.elapsed();
+                match wait_programmed(&agent, total, t0, Duration::from_secs(300)) {
+                    Ok((d, poll)) => (
+                        Some(d),
+                        format!(
+                            "`ciliumctl apply` returned after {}; one `bpf lb list` poll takes up to {}",
+                            ms(applied),
+                            ms(poll)
+                        ),
+                    ),
+                    Err(e) => (None, format!("apply returned after {}; {e}", ms(applied))),
+                }
+            }
+        }
+    };
+    eprintln!("control plane: {cp:?}");
+    (rows, cp)
+}
+
+fn wait_until_count(agent: &Agent, want: usize) -> bool {
+    cilium_e2e::wait_until(Duration::from_secs(120), || {
+        let out = agent.ctl(&["bpf", "lb", "list", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["services"].as_array().map(Vec::len))
+            .is_some_and(|n| n <= want)
+    })
+}
+
+fn run_iptables(counts: &[usize], dur: Duration, windows: u32) -> Vec<Row> {
+    let saved = Command::new(ipt("iptables-save"))
+        .args(["-t", "nat"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if saved.contains(":KUBE-SERVICES") {
+        eprintln!(
+            "bench-lb: the host already has KUBE-SERVICES (a kube-proxy?): iptables rows skipped"
+        );
+        return Vec::new();
+    }
+    let cg = match Cgroup::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench-lb: {e}");
+            return Vec::new();
+        }
+    };
+    let agent = start_agent(
+        POD_CIDR,
+        &lb_args(
+            &cg,
+            SERVICE_CIDR,
+            &["--node-name", "bench", "--enable-lb=false"],
+        ),
+    );
+    let c = cluster(&agent);
+    let real: Vec<Ipv4Addr> = c.backends.iter().map(|p| p.ip).collect();
+    let addr = format!("{}:80", vip(0));
+    let _guard = IptablesGuard;
+    let mut rows = Vec::new();
+    let mut have = 0usize;
+    for (k, &n) in counts.iter().enumerate() {
+        let mut note = match apply_range(&agent, have..n, &real) {
+            Ok(_) => String::new(),
+            Err(e) => format!("ciliumctl apply failed: {e}; "),
+        };
+        have = n;
+        match iptables_restore(&iptables_rules(n, &real, k == 0)) {
+            Ok(d) => note.push_str(&format!("iptables-restore of {n} services took {}", ms(d))),
+            Err(e) => note.push_str(&e),
+        }
+        let client = Client::pod_out(&c.client);
+        let first = client.tcp_until_ok(&addr, Duration::from_secs(5));
+        if first.token().is_none() {
+            note.push_str(&format!(
+                "; the ClusterIP does not answer through iptables: {first:?}"
+            ));
+            if std::env::var_os("BENCH_LB_DEBUG").is_some() {
+                let out = Command::new("sh")
+                    .args(["-c", "iptables-save -c -t nat | grep -v -- '-A KUBE-SEP' | head -30; ip route; sysctl net.ipv4.ip_forward"])
+                    .output();
+                if let Ok(o) = out {
+                    eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+                }
+                eprintln!(
+                    "pausing 120 s for inspection (client pod {})",
+                    c.client.netns.name
+                );
+                std::thread::sleep(Duration::from_secs(120));
+            }
+        }
+        let sample = measure(&client, &addr, dur, windows);
+        eprintln!("iptables, {n} services: {sample:?} {note}");
+        rows.push(Row {
+            implementation: "kube-proxy iptables",
+            path: "netfilter DNAT (client in the pod)",
+            services: n,
+            sample,
+            note,
+        });
+    }
+    rows
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_doc(section: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
+    let start = "<!-- bench-lb:start -->";
+    let end = "<!-- bench-lb:end -->";
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n\n".to_string());
+    let block = format!("{start}\n{section}{end}\n");
+    let new = match (old.find(start), old.find(end)) {
+        (Some(a), Some(b)) if b > a => format!(
+            "{}{block}{}",
+            &old[..a],
+            &old[b + end.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n\n{block}", old.trim_end()),
+    };
+    match std::fs::write(&path, new) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+fn main() {
+    if let Err(why) = privileged().and_then(|()| binaries_present()) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            eprintln!("bench-lb cannot run in CI: {why}");
+            std::process::exit(1);
+        }
+        println!("SKIPPED: bench-lb: {why}");
+        return;
+    }
+    let quick = std::env::var("BENCH_LB_QUICK").is_ok();
+    let counts: Vec<usize> = if quick {
+        vec![1, 100, 1000]
+    } else {
+        vec![1, 1000, 10_000]
+    };
+    let dur = Duration::from_millis(if quick { 300 } else { 1000 });
+    let windows = 3;
+    let _ = enable_forwarding();
+    let started = Instant::now();
+    let total = if quick { 1000 } else { 10_000 };
+    let only_iptables = std::env::var_os("BENCH_LB_ONLY_IPTABLES").is_some();
+    let (mut rows, cp) = if only_iptables {
+        (Vec::new(), (None, "not run".to_string()))
+    } else {
+        run_ours(&counts, total, dur, windows)
+    };
+    rows.extend(run_iptables(&counts, dur, windows));
+
+    let rate = |imp: &str, path_prefix: &str, n: usize| {
+        rows.iter()
+            .find(|r| r.implementation == imp && r.path.starts_with(path_prefix) && r.services == n)
+            .map(|r| r.sample.rate)
+    };
+    let (lo, hi) = (counts[0], counts[counts.len() - 1]);
+    let flavour = Command::new(ipt("iptables"))
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut t = format!(
+        "## Load balancing (bench-lb)\n\nMeasured {} on {}{}; iptables baseline with `{flavour}`. One measured ClusterIP with 10 pod backends beside 0 / {} / {} other services of 10 backends each; new-connection rate = connect + read to EOF + close in a loop from one process in the client pod, best of {windows} {} ms windows; connect latency p50/p99 of that window.\n\n",
+        today(),
+        machine(),
+        if quick { " (quick run)" } else { "" },
+        counts[1] - 1,
+        hi - 1,
+        dur.as_millis()
+    );
+    t.push_str("| implementation | path | services | conn/s | p50 connect | p99 connect | ratio to the same path at 1 service | notes |\n|---|---|---:|---:|---:|---:|---:|---|\n");
+    for r in &rows {
+        let base = rows
+            .iter()
+            .find(|b| b.implementation == r.implementation && b.path == r.path && b.services == lo)
+            .map(|b| b.sample.rate);
+        let mut note = r.note.clone();
+        if r.sample.failed > 0 {
+            note.push_str(&format!(
+                "; {} connects failed ({})",
+                r.sample.failed, r.sample.last_error
+            ));
+        }
+        t.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} µs | {} µs | {} | {} |\n",
+            r.implementation,
+            r.path,
+            r.services,
+            r.sample.rate,
+            r.sample.p50_us,
+            r.sample.p99_us,
+            ratio(Some(r.sample.rate), base),
+            note.trim_start_matches("; ")
+        ));
+    }
+    let mut goals: BTreeMap<&str, String> = BTreeMap::new();
+    goals.insert(
+        "a",
+        format!(
+            "| ours (socket LB) at {hi} / ours at {lo} | {} | ≥ 0.95x |\n",
+            ratio(rate("ours", "socket", hi), rate("ours", "socket", lo))
+        ),
+    );
+    goals.insert(
+        "b",
+        format!(
+            "| ours (per-packet) at {hi} / ours at {lo} | {} | ≥ 0.95x |\n",
+            ratio(
+                rate("ours", "per-packet", hi),
+                rate("ours", "per-packet", lo)
+            )
+        ),
+    );
+    goals.insert(
+        "c",
+        format!(
+            "| ours (socket LB) at {hi} / iptables at {hi} | {} | ≥ 2x |\n",
+            ratio(
+                rate("ours", "socket", hi),
+                rate("kube-proxy iptables", "netfilter", hi)
+            )
+        ),
+    );
+    goals.insert(
+        "d",
+        format!(
+            "| ours (per-packet) at {hi} / iptables at {hi} | {} | ≥ 2x |\n",
+            ratio(
+                rate("ours", "per-packet", hi),
+                rate("kube-proxy iptables", "netfilter", hi)
+            )
+        ),
+    );
+    t.push_str("\n| ratio | value | goal |\n|---|---:|---|\n");
+    for g in goals.values() {
+        t.push_str(g);
+    }
+    t.push_str(&format!(
+        "\n| control plane | time | goal | notes |\n|---|---:|---|---|\n| {total} services × 10 backends in one `ciliumctl apply` → all in the BPF services map | {} | ≤ 1 s (10,000) | {} |\n\nWhole run: {:.0} s.\n\n",
+        cp.0.map_or("n/a".into(), ms),
+        cp.1,
+        started.elapsed().as_secs_f64()
+    ));
+    println!("{t}");
+    if quick {
+        println!("(quick run: docs/performance.md left as it was)");
+    } else {
+        write_doc(&t);
+    }
+}

@@ -1,0 +1,491 @@
+//! Service load balancing end to end: ClusterIP services (Service + EndpointSlice through
+//! `ciliumctl apply`) reached from pods and from the host, TCP and UDP, through both paths of
+//! the datapath: the socket hooks (clients inside the agent's own cgroup, `--cgroup-root`) and
+//! the per-packet DNAT at from-container (pod clients outside that cgroup). Backends are pods
+//! running `lb-client serve NAME`, which answers every connection or datagram with its name and
+//! the client address it saw.
+//!
+//! Each test runs its own agent with its own pod range (10.230-10.234.0.0/24, hairpin
+//! 10.230.2.0/24), service range (10.23x.1.0/24, hairpin 10.230.3.0/24) and cgroup.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use cilium_e2e::Pod;
+use cilium_e2e::services::{
+    Client, Reply, SliceEp, SvcPort, UdpFlow, apply, dump, eps, lb_args, require_lb, serve,
+    service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
+};
+
+const NS: &str = "default";
+const NODE: &str = "e2e-node";
+
+fn pod<'a>(agent: &'a cilium_e2e::Agent, name: &str) -> Pod<'a> {
+    Pod::add(
+        agent,
+        &format!("K8S_POD_NAMESPACE={NS};K8S_POD_NAME={name}"),
+    )
+}
+
+fn slice(svc: &str, name: &str, ips: &[Ipv4Addr], ports: &[SvcPort]) -> String {
+    let e: Vec<SliceEp> = ips.iter().map(|i| SliceEp::ready(*i, NODE)).collect();
+    slice_yaml(NS, svc, name, &e, ports)
+}
+
+fn distinct(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+/// Every reply answered, by one of `allowed`, and reported the frontend `vip` as its peer.
+fn check_replies(what: &str, replies: &[Reply], allowed: &[&str], vip: &str) {
+    assert!(!replies.is_empty(), "{what}: no replies");
+    for r in replies {
+        match r {
+            Reply::Ok { token, from, .. } => {
+                assert!(
+                    allowed.contains(&token.as_str()),
+                    "{what}: answered by {token}, not one of {allowed:?}"
+                );
+                assert_eq!(
+                    from, vip,
+                    "{what}: the client socket sees {from} as its peer, not the frontend {vip} \
+                     (reverse translation missing)"
+                );
+            }
+            Reply::Err(kind) => panic!("{what}: a request failed ({kind}); replies: {replies:?}"),
+        }
+    }
+}
+
+#[test]
+fn clusterip_tcp_and_udp_from_pods_and_from_the_host() {
+    let Some(cg) = require_lb("clusterip_tcp_and_udp_from_pods_and_from_the_host") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.230.0.0/24",
+        &lb_args(&cg, "10.230.1.0/24", &["--node-name", NODE]),
+    );
+    let c = pod(&agent, "client");
+    let b1 = pod(&agent, "b1");
+    let b2 = pod(&agent, "b2");
+    let _s1 = serve(&b1, "b1", &[8080], &[5353]);
+    let _s2 = serve(&b2, "b2", &[8080], &[5353]);
+    let vip = Ipv4Addr::new(10, 230, 1, 10);
+    let ports = [
+        SvcPort::tcp("http", 80, 8080),
+        SvcPort::udp("dns", 53, 5353),
+    ];
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "web", vip, &ports, ""),
+            slice("web", "web-1", &[b1.ip, b2.ip], &ports)
+        ),
+    );
+    wait_programmed(
+        &agent,
+        &format!("{vip}:80/tcp"),
+        &eps(&[b1.ip, b2.ip], 8080),
+    );
+    wait_programmed(
+        &agent,
+        &format!("{vip}:53/udp"),
+        &eps(&[b1.ip, b2.ip], 5353),
+    );
+
+    let tcp_vip = format!("{vip}:80");
+    let udp_vip = format!("{vip}:53");
+    for client in [
+        Client::pod_in(&c, &cg),
+        Client::pod_out(&c),
+        Client::host_in(&cg),
+    ] {
+        let what = client.describe();
+        // TCP: 20 new connections, spread over both backends.
+        let first = client.tcp_until_ok(&tcp_vip, Duration::from_secs(5));
+        assert!(
+            first.token().is_some(),
+            "{what}: TCP to {tcp_vip} never answered: {first:?}\n{}",
+            dump(&agent)
+        );
+        let replies = client.tcp(&tcp_vip, 20, 2000);
+        check_replies(&format!("{what} TCP"), &replies, &["b1", "b2"], &tcp_vip);
+        assert_eq!(
+            distinct(&tokens(&replies)).len(),
+            2,
+            "{what}: 20 TCP connections all went to one backend: {replies:?}"
+        );
+        if let Some(p) = client.pod {
+            for r in &replies {
+                if let Reply::Ok { seen, .. } = r {
+                    assert_eq!(
+                        seen,
+                        &p.ip.to_string(),
+                        "{what}: the backend saw {seen}, not the client pod's address"
+                    );
+                }
+            }
+        }
+        // UDP: one unconnected socket (replies must come from the frontend), then a connected one.
+        let replies = client.udp(&udp_vip, 10, 2000);
+        check_replies(&format!("{what} UDP"), &replies, &["b1", "b2"], &udp_vip);
+        let replies = client.udp_connected(&udp_vip, 5, 2000);
+        check_replies(
+            &format!("{what} connected UDP"),
+            &replies,
+            &["b1", "b2"],
+            &udp_vip,
+        );
+    }
+}
+
+#[test]
+fn hairpin_a_pod_reaches_itself_through_its_service() {
+    let Some(cg) = require_lb("hairpin_a_pod_reaches_itself_through_its_service") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.230.2.0/24",
+        &lb_args(&cg, "10.230.3.0/24", &["--node-name", NODE]),
+    );
+    let c = pod(&agent, "self");
+    let _s = serve(&c, "self", &[8080], &[]);
+    let vip = Ipv4Addr::new(10, 230, 3, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080)];
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "self", vip, &ports, ""),
+            slice("self", "self-1", &[c.ip], &ports)
+        ),
+    );
+    wait_programmed(&agent, &format!("{vip}:80/tcp"), &eps(&[c.ip], 8080));
+    let addr = format!("{vip}:80");
+    for client in [Client::pod_out(&c), Client::pod_in(&c, &cg)] {
+        let what = client.describe();
+        let first = client.tcp_until_ok(&addr, Duration::from_secs(5));
+        assert_eq!(
+            first.token(),
+            Some("self"),
+            "{what}: {first:?}\n{}",
+            dump(&agent)
+        );
+        let r = client.tcp(&addr, 5, 2000);
+        check_replies(&format!("{what} hairpin"), &r, &["self"], &addr);
+    }
+}
+
+#[test]
+fn backends_added_and_removed_live() {
+    let Some(cg) = require_lb("backends_added_and_removed_live") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.231.0.0/24",
+        &lb_args(&cg, "10.231.1.0/24", &["--node-name", NODE]),
+    );
+    let c = pod(&agent, "client");
+    let bs: Vec<Pod<'_>> = ["b1", "b2", "b3"].iter().map(|n| pod(&agent, n)).collect();
+    let _servers: Vec<_> = bs
+        .iter()
+        .zip(["b1", "b2", "b3"])
+        .map(|(p, n)| serve(p, n, &[8080], &[]))
+        .collect();
+    let ips: Vec<Ipv4Addr> = bs.iter().map(|p| p.ip).collect();
+    let vip = Ipv4Addr::new(10, 231, 1, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080)];
+    let fe = format!("{vip}:80/tcp");
+    let addr = format!("{vip}:80");
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "live", vip, &ports, ""),
+            slice("live", "live-1", &ips[..1], &ports)
+        ),
+    );
+    wait_programmed(&agent, &fe, &eps(&ips[..1], 8080));
+    let clients = [Client::pod_in(&c, &cg), Client::pod_out(&c)];
+    for client in &clients {
+        let what = client.describe();
+        let first = client.tcp_until_ok(&addr, Duration::from_secs(5));
+        assert_eq!(
+            first.token(),
+            Some("b1"),
+            "{what}: {first:?}\n{}",
+            dump(&agent)
+        );
+        let r = client.tcp(&addr, 10, 2000);
+        check_replies(&format!("{what} (b1 only)"), &r, &["b1"], &addr);
+    }
+
+    // Scale out: all three answer.
+    apply(&agent, &slice("live", "live-1", &ips, &ports));
+    wait_programmed(&agent, &fe, &eps(&ips, 8080));
+    for client in &clients {
+        let what = client.describe();
+        let r = client.tcp(&addr, 30, 2000);
+        check_replies(&format!("{what} (b1-b3)"), &r, &["b1", "b2", "b3"], &addr);
+        assert_eq!(
+            distinct(&tokens(&r)).len(),
+            3,
+            "{what}: after adding b2 and b3, 30 connections reached only {:?}",
+            distinct(&tokens(&r))
+        );
+    }
+
+    // Scale in: b1 gets nothing, nothing fails.
+    apply(&agent, &slice("live", "live-1", &ips[1..], &ports));
+    wait_programmed(&agent, &fe, &eps(&ips[1..], 8080));
+    for client in &clients {
+        let what = client.describe();
+        let r = client.tcp(&addr, 20, 2000);
+        check_replies(&format!("{what} (b1 removed)"), &r, &["b2", "b3"], &addr);
+    }
+}
+
+#[test]
+fn client_ip_affinity_holds_then_moves_after_its_timeout() {
+    let Some(cg) = require_lb("client_ip_affinity_holds_then_moves_after_its_timeout") else {
+        return;
+    };
+    const TIMEOUT_SECS: u64 = 2;
+    let agent = start_agent(
+        "10.232.0.0/24",
+        &lb_args(&cg, "10.232.1.0/24", &["--node-name", NODE]),
+    );
+    let c = pod(&agent, "client");
+    let names = ["b1", "b2", "b3"];
+    let bs: Vec<Pod<'_>> = names.iter().map(|n| pod(&agent, n)).collect();
+    let _servers: Vec<_> = bs
+        .iter()
+        .zip(names)
+        .map(|(p, n)| serve(p, n, &[8080], &[]))
+        .collect();
+    let ips: Vec<Ipv4Addr> = bs.iter().map(|p| p.ip).collect();
+    let sticky = Ipv4Addr::new(10, 232, 1, 10);
+    let plain = Ipv4Addr::new(10, 232, 1, 11);
+    let ports = [SvcPort::tcp("http", 80, 8080)];
+    let affinity = format!(
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {TIMEOUT_SECS}\n"
+    );
+    apply(
+        &agent,
+        &format!(
+            "{}{}{}{}",
+            service_yaml(NS, "sticky", sticky, &ports, &affinity),
+            slice("sticky", "sticky-1", &ips, &ports),
+            service_yaml(NS, "plain", plain, &ports, ""),
+            slice("plain", "plain-1", &ips, &ports),
+        ),
+    );
+    wait_programmed(&agent, &format!("{sticky}:80/tcp"), &eps(&ips, 8080));
+    wait_programmed(&agent, &format!("{plain}:80/tcp"), &eps(&ips, 8080));
+    let (sticky_addr, plain_addr) = (format!("{sticky}:80"), format!("{plain}:80"));
+
+    for client in [Client::pod_in(&c, &cg), Client::pod_out(&c)] {
+        let what = client.describe();
+        let first = client.tcp_until_ok(&sticky_addr, Duration::from_secs(5));
+        assert!(
+            first.token().is_some(),
+            "{what}: {first:?}\n{}",
+            dump(&agent)
+        );
+        // The control: without affinity 15 connections spread out.
+        let r = client.tcp(&plain_addr, 15, 2000);
+        check_replies(&format!("{what} plain"), &r, &names, &plain_addr);
+        assert!(
+            distinct(&tokens(&r)).len() > 1,
+            "{what}: 15 connections to the service without affinity all hit one backend"
+        );
+        // 15 in a row: one backend.
+        let r = client.tcp(&sticky_addr, 15, 2000);
+        check_replies(&format!("{what} sticky"), &r, &names, &sticky_addr);
+        let held = distinct(&tokens(&r));
+        assert_eq!(
+            held.len(),
+            1,
+            "{what}: ClientIP affinity did not hold one backend over 15 connections: {r:?}\n{}",
+            dump(&agent)
+        );
+        let mut current = held.into_iter().next().unwrap_or_default();
+        // After the timeout a new pick is made: at 1/3 per round for the same backend again,
+        // 10 rounds without a move fail with probability 2e-5.
+        let mut moved = false;
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(TIMEOUT_SECS * 1000 + 1500));
+            let r = client.tcp(&sticky_addr, 3, 2000);
+            check_replies(
+                &format!("{what} sticky after the timeout"),
+                &r,
+                &names,
+                &sticky_addr,
+            );
+            let now = distinct(&tokens(&r));
+            assert_eq!(
+                now.len(),
+                1,
+                "{what}: affinity did not hold after a new pick: {r:?}"
+            );
+            let now = now.into_iter().next().unwrap_or_default();
+            if now != current {
+                moved = true;
+                break;
+            }
+            current = now;
+        }
+        assert!(
+            moved,
+            "{what}: the backend never changed in 10 rounds {TIMEOUT_SECS}+1.5 s apart: the \
+             affinity did not expire after timeoutSeconds\n{}",
+            dump(&agent)
+        );
+    }
+}
+
+#[test]
+fn a_service_without_endpoints_is_refused_at_once() {
+    let Some(cg) = require_lb("a_service_without_endpoints_is_refused_at_once") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.233.0.0/24",
+        &lb_args(&cg, "10.233.1.0/24", &["--node-name", NODE]),
+    );
+    let c = pod(&agent, "client");
+    let empty = Ipv4Addr::new(10, 233, 1, 10);
+    let drained = Ipv4Addr::new(10, 233, 1, 11);
+    let ports = [
+        SvcPort::tcp("http", 80, 8080),
+        SvcPort::udp("dns", 53, 5353),
+    ];
+    apply(
+        &agent,
+        &format!(
+            "{}{}{}",
+            service_yaml(NS, "empty", empty, &ports, ""),
+            service_yaml(NS, "drained", drained, &ports, ""),
+            slice_yaml(NS, "drained", "drained-1", &[], &ports),
+        ),
+    );
+    for vip in [empty, drained] {
+        wait_programmed(&agent, &format!("{vip}:80/tcp"), &[]);
+        wait_programmed(&agent, &format!("{vip}:53/udp"), &[]);
+    }
+    // A refusal is an error kind, never a timeout: the connect timeout is 5 s, so a dropped SYN
+    // would show as `timeout`.
+    let refused =
+        |r: &Reply| matches!(r, Reply::Err(k) if k == "refused" || k.ends_with("unreachable"));
+    for client in [
+        Client::pod_in(&c, &cg),
+        Client::pod_out(&c),
+        Client::host_in(&cg),
+    ] {
+        let what = client.describe();
+        for vip in [empty, drained] {
+            let r = client.tcp(&format!("{vip}:80"), 2, 5000);
+            eprintln!("{what}: TCP to {vip}:80 without endpoints: {r:?}");
+            assert_eq!(r.len(), 2, "{what}: {r:?}");
+            assert!(
+                r.iter().all(refused),
+                "{what}: TCP to {vip}:80 (no endpoints) was not refused: {r:?}\n{}",
+                dump(&agent)
+            );
+            let r = client.udp_connected(&format!("{vip}:53"), 1, 5000);
+            eprintln!("{what}: UDP to {vip}:53 without endpoints: {r:?}");
+            assert_eq!(r.len(), 1, "{what}: {r:?}");
+            assert!(
+                r.iter().all(refused),
+                "{what}: UDP to {vip}:53 (no endpoints) was not refused: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_udp_flow_moves_when_its_backend_goes_away() {
+    let Some(cg) = require_lb("a_udp_flow_moves_when_its_backend_goes_away") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.234.0.0/24",
+        &lb_args(&cg, "10.234.1.0/24", &["--node-name", NODE]),
+    );
+    let c = pod(&agent, "client");
+    let b1 = pod(&agent, "b1");
+    let b2 = pod(&agent, "b2");
+    let _s1 = serve(&b1, "b1", &[], &[5353]);
+    let _s2 = serve(&b2, "b2", &[], &[5353]);
+    let vip = Ipv4Addr::new(10, 234, 1, 10);
+    let ports = [SvcPort::udp("dns", 53, 5353)];
+    let fe = format!("{vip}:53/udp");
+    let addr = format!("{vip}:53");
+    let both = slice("dns", "dns-1", &[b1.ip, b2.ip], &ports);
+    apply(
+        &agent,
+        &format!("{}{both}", service_yaml(NS, "dns", vip, &ports, "")),
+    );
+    wait_programmed(&agent, &fe, &eps(&[b1.ip, b2.ip], 5353));
+
+    // The per-packet path first (its conntrack entry is what must be flushed), then the
+    // socket path.
+    for client in [Client::pod_out(&c), Client::pod_in(&c, &cg)] {
+        let what = client.describe();
+        let mut flow = UdpFlow::start(&client, &addr, 1000);
+        let mut first = Vec::new();
+        for _ in 0..5 {
+            first.push(flow.send());
+        }
+        check_replies(&format!("{what} before"), &first, &["b1", "b2"], &addr);
+        let used = distinct(&tokens(&first));
+        assert_eq!(
+            used.len(),
+            1,
+            "{what}: one UDP flow used two backends: {first:?}"
+        );
+        let gone = used.into_iter().next().unwrap_or_default();
+        let (stay_ip, stay) = if gone == "b1" {
+            (b2.ip, "b2")
+        } else {
+            (b1.ip, "b1")
+        };
+        apply(&agent, &slice("dns", "dns-1", &[stay_ip], &ports));
+        wait_programmed(&agent, &fe, &eps(&[stay_ip], 5353));
+        // The same socket keeps sending: within 10 datagrams the answers come from the backend
+        // that stayed, and then only from it.
+        let mut after = Vec::new();
+        let mut moved_at = None;
+        for i in 0..10 {
+            let r = flow.send();
+            let hit = r.token() == Some(stay);
+            after.push(r);
+            if hit {
+                moved_at = Some(i);
+                break;
+            }
+        }
+        assert!(
+            moved_at.is_some(),
+            "{what}: the UDP flow (local {}) still went to {gone} after it was removed: \
+             {after:?}\n{}",
+            flow.local,
+            dump(&agent)
+        );
+        let mut rest = Vec::new();
+        for _ in 0..5 {
+            rest.push(flow.send());
+        }
+        check_replies(&format!("{what} after the move"), &rest, &[stay], &addr);
+        eprintln!(
+            "{what}: moved to {stay} after {} datagram(s)",
+            moved_at.unwrap_or(0) + 1
+        );
+        drop(flow);
+        apply(&agent, &both);
+        wait_programmed(&agent, &fe, &eps(&[b1.ip, b2.ip], 5353));
+    }
+}

@@ -1,0 +1,187 @@
+//! NodePort from outside the node: a namespace joined to the host by its own veth pair plays
+//! the remote client; the agent's `--devices` is the host side of that pair, so its address is
+//! the node address NodePort frontends are made on. Also externalTrafficPolicy Local.
+//!
+//! Pod ranges 10.235.0.0/24 and 10.236.0.0/24; outside links 10.235.200.0/24, 10.236.200.0/24.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use cilium_e2e::services::{
+    Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps, frontends, lb_args,
+    require_lb, serve, service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
+};
+use cilium_e2e::{Pod, wait_until};
+
+const NS: &str = "default";
+
+fn outside_until_ok(out: &Outside, addr: &str) -> Reply {
+    let mut last = Reply::Err("never tried".into());
+    wait_until(Duration::from_secs(5), || {
+        last = out
+            .tcp(addr, 1, 1000)
+            .into_iter()
+            .next()
+            .unwrap_or(Reply::Err("no output".into()));
+        last.token().is_some()
+    });
+    last
+}
+
+#[test]
+fn nodeport_from_an_outside_namespace() {
+    let Some(cg) = require_lb("nodeport_from_an_outside_namespace") else {
+        return;
+    };
+    let out = Outside::new(Ipv4Addr::new(10, 235, 200, 0));
+    let _fwd = enable_forwarding();
+    let node = "e2e-np";
+    let agent = start_agent(
+        "10.235.0.0/24",
+        &lb_args(
+            &cg,
+            "10.235.1.0/24",
+            &["--node-name", node, "--devices", &out.host_if],
+        ),
+    );
+    let b1 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b1");
+    let b2 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b2");
+    let _s1 = serve(&b1, "b1", &[8080], &[]);
+    let _s2 = serve(&b2, "b2", &[8080], &[]);
+    let vip = Ipv4Addr::new(10, 235, 1, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31235)];
+    let e = [SliceEp::ready(b1.ip, node), SliceEp::ready(b2.ip, node)];
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "np", vip, &ports, "  type: NodePort\n"),
+            slice_yaml(NS, "np", "np-1", &e, &ports)
+        ),
+    );
+    let backends = eps(&[b1.ip, b2.ip], 8080);
+    wait_programmed(&agent, &format!("{vip}:80/tcp"), &backends);
+    let np = format!("{}:31235", out.host_ip);
+    wait_programmed(&agent, &format!("{np}/tcp"), &backends);
+
+    let first = outside_until_ok(&out, &np);
+    assert!(
+        first.token().is_some(),
+        "the outside client cannot reach NodePort {np}: {first:?}\n{}",
+        dump(&agent)
+    );
+    let r = out.tcp(&np, 20, 2000);
+    let got: BTreeSet<String> = tokens(&r).into_iter().collect();
+    assert!(
+        r.iter().all(|x| x.token().is_some()),
+        "NodePort requests from outside failed: {r:?}\n{}",
+        dump(&agent)
+    );
+    assert_eq!(
+        got.len(),
+        2,
+        "20 NodePort connections reached only {got:?}: {r:?}"
+    );
+    for x in &r {
+        if let Reply::Ok { from, .. } = x {
+            assert_eq!(from, &np, "the outside client's peer is {from}, not {np}");
+        }
+    }
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_nodeport_on_local_backends() {
+    let Some(cg) = require_lb("external_traffic_policy_local_keeps_nodeport_on_local_backends")
+    else {
+        return;
+    };
+    let out = Outside::new(Ipv4Addr::new(10, 236, 200, 0));
+    let _fwd = enable_forwarding();
+    let node = "e2e-etp";
+    let agent = start_agent(
+        "10.236.0.0/24",
+        &lb_args(
+            &cg,
+            "10.236.1.0/24",
+            &["--node-name", node, "--devices", &out.host_if],
+        ),
+    );
+    let local = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=local");
+    let _s = serve(&local, "local", &[8080], &[]);
+    // A backend on another node (its address is never reached in this test).
+    let remote = Ipv4Addr::new(10, 236, 250, 9);
+    let vip = Ipv4Addr::new(10, 236, 1, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31236)];
+    let e = [
+        SliceEp::ready(local.ip, node),
+        SliceEp::ready(remote, "other-node"),
+    ];
+    let slice = slice_yaml(NS, "etp", "etp-1", &e, &ports);
+    apply(
+        &agent,
+        &format!(
+            "{}{slice}",
+            service_yaml(
+                NS,
+                "etp",
+                vip,
+                &ports,
+                "  type: NodePort\n  externalTrafficPolicy: Local\n"
+            ),
+        ),
+    );
+    let np = format!("{}:31236", out.host_ip);
+    // NodePort: only the local backend. ClusterIP (internal policy Cluster): both.
+    wait_programmed(&agent, &format!("{np}/tcp"), &eps(&[local.ip], 8080));
+    wait_programmed(
+        &agent,
+        &format!("{vip}:80/tcp"),
+        &eps(&[local.ip, remote], 8080),
+    );
+    let first = outside_until_ok(&out, &np);
+    assert!(
+        first.token().is_some(),
+        "the outside client cannot reach NodePort {np}: {first:?}\n{}",
+        dump(&agent)
+    );
+    let r = out.tcp(&np, 20, 2000);
+    for x in &r {
+        match x {
+            Reply::Ok { token, seen, .. } => {
+                assert_eq!(token, "local", "{r:?}");
+                assert_eq!(
+                    seen,
+                    &out.peer_ip.to_string(),
+                    "with externalTrafficPolicy Local the backend must see the outside client's \
+                     address, it saw {seen}"
+                );
+            }
+            Reply::Err(k) => panic!(
+                "a NodePort request failed ({k}) although only the local backend is selected: \
+                 {r:?}\n{}",
+                dump(&agent)
+            ),
+        }
+    }
+
+    // Back to Cluster: the NodePort frontend takes the remote backend too.
+    apply(
+        &agent,
+        &service_yaml(NS, "etp", vip, &ports, "  type: NodePort\n"),
+    );
+    wait_programmed(
+        &agent,
+        &format!("{np}/tcp"),
+        &eps(&[local.ip, remote], 8080),
+    );
+    let kinds: Vec<String> = frontends(&agent)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(f, k, ..)| format!("{f} {k}"))
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k.ends_with("NodePort")),
+        "no NodePort frontend listed: {kinds:?}"
+    );
+}
