@@ -262,3 +262,30 @@ async fn second_agent_on_the_same_socket_fails_clearly() {
     );
     a.hive.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn large_bodies_are_read_not_refused() {
+    // 3 MB is over axum's default limit; the API must read it and judge its content.
+    let a = start("").await;
+    let c = Client::unix(&a.socket);
+    let padding = "x".repeat(3 << 20);
+    let res = c
+        .send_json::<_, serde_json::Value>(
+            Method::PATCH,
+            "/v1/config",
+            &serde_json::json!({ "padding": padding }),
+        )
+        .await;
+    let Err(e) = res else {
+        panic!("an unknown key was accepted")
+    };
+    let (status, body) = api_err(e);
+    // 400 naming the unknown key, not 413: the whole body was read.
+    assert_eq!((status, body.code), (400, ErrorCode::BadRequest));
+    assert!(
+        body.message.starts_with("\"padding\""),
+        "{:.200}",
+        body.message
+    );
+    a.hive.stop().await.unwrap();
+}

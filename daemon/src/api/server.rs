@@ -19,6 +19,9 @@ use utoipa::OpenApi as _;
 use super::metrics::{ApiMetrics, record};
 use super::{ApiConfig, ApiRoutes};
 
+/// Largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
 #[derive(utoipa::OpenApi)]
 #[openapi(info(
     title = "cilium-agent API",
@@ -99,6 +102,9 @@ pub(crate) fn build_router(routes: &ApiRoutes, metrics: Arc<ApiMetrics>) -> Rout
                 req.uri().path()
             ))
         })
+        // `ciliumctl apply` of a large file (10,000 services with their EndpointSlices is tens
+        // of MB) must not hit axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(metrics, record))
 }
 
