@@ -233,11 +233,16 @@ impl Agent {
             .arg(&self.bpf_root)
             .arg("--ipv4-pod-cidr")
             .arg(&self.pod_cidr)
-            .arg("--cgroup-root")
-            .arg(&self.cgroup)
             .arg("--prometheus-listen")
             .arg("")
             .args(&self.extra)
+            // The test's own cgroup, unless the test brings one (service tests run clients in
+            // theirs).
+            .args(if self.extra.iter().any(|a| a == "--cgroup-root") {
+                Vec::new()
+            } else {
+                vec!["--cgroup-root".into(), self.cgroup.clone().into_os_string()]
+            })
             .env_remove("CILIUM_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,9 +4,14 @@
 //! Every mutation holds one mutex, opens a write transaction on `identities` (and `ipcache`
 //! for CIDR identities), writes the state file from that transaction's view and only then
 //! commits, so the file and the table never disagree and a failed write changes nothing.
+//! Batch operations ([`IdentityAllocator::allocate_cidrs`],
+//! [`IdentityAllocator::sync_cidr_owners`], [`IdentityAllocator::retain_owners`]) are one
+//! such mutation each: one transaction and one state-file write however many prefixes they
+//! touch (the file is rewritten whole, so per-prefix calls cost O(n) each). The per-kind
+//! gauges are kept incrementally.
 //! Callers must not hold a write transaction on `identities` or `ipcache` while calling in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cilium_ipcache::{IpcacheEntry, prefix_query};
@@ -38,9 +43,30 @@ struct Persisted {
     identities: Vec<IdentityObj>,
 }
 
+/// Allocation cursors and the identity counts per kind, changed only under the mutex and
+/// restored when a mutation fails.
+#[derive(Debug, Clone, Copy)]
 struct Counters {
     next_id: u32,
     next_cidr: u32,
+    /// Identities per [`IdentityKind`] (index = `kind as usize`), kept incrementally so a
+    /// mutation does not recount the table.
+    counts: [i64; 3],
+}
+
+/// What [`IdentityAllocator::sync_cidr_owners`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CidrSync {
+    /// Owner references added (new identities included).
+    pub added: usize,
+    /// New CIDR identities.
+    pub allocated: usize,
+    /// Owner references dropped.
+    pub dropped: usize,
+    /// Identities deleted because their last owner went.
+    pub released: usize,
+    /// Prefixes that could not get an identity (id space exhausted); the rest is applied.
+    pub failed: usize,
 }
 
 /// Gauges of the identity counts per kind.
@@ -125,6 +151,10 @@ impl IdentityAllocator {
             restored += 1;
         }
         let init = ipcache.register_initializer(&mut w, "identities")?;
+        let mut counts = [0i64; 3];
+        for o in table.all(&w) {
+            counts[o.kind as usize] += 1;
+        }
         w.commit();
         tracing::info!(count = restored, path = %state.path().display(), "identities restored from state");
         let alloc = Self {
@@ -143,11 +173,12 @@ impl IdentityAllocator {
                     Identity::CIDR_BASE + 1,
                     Identity::CIDR_MAX,
                 ),
+                counts,
             }),
             init: Mutex::new(Some(init)),
             metrics,
         };
-        alloc.update_metrics();
+        alloc.update_metrics(&counts);
         Ok(alloc)
     }
 
@@ -240,6 +271,7 @@ impl IdentityAllocator {
                     owners: BTreeSet::from([owner.to_string()]),
                 },
             )?;
+            counters.counts[IdentityKind::Endpoint as usize] += 1;
             tracing::info!(identity = id, labels = %format_labels(labels), owner, "identity allocated");
             Ok(Identity(id))
         })
@@ -249,37 +281,178 @@ impl IdentityAllocator {
     /// (`0x0100_0000 + n`) also gets the ipcache row `prefix -> identity` (unless another
     /// writer, e.g. an endpoint's /32, owns the row of that exact prefix).
     pub fn allocate_cidr(&self, prefix: Ipv4Net, owner: &str) -> Result<Identity, IdentityError> {
+        self.mutate(owner, |this, w, counters| {
+            this.add_cidr_owner(w, counters, prefix, owner)
+        })
+    }
+
+    /// [`IdentityAllocator::allocate_cidr`] for many prefixes at once: one table transaction
+    /// and one state-file write for the batch, all or nothing (an error changes nothing).
+    /// The identities come back in the order of `prefixes`.
+    pub fn allocate_cidrs(
+        &self,
+        prefixes: &[Ipv4Net],
+        owner: &str,
+    ) -> Result<Vec<Identity>, IdentityError> {
+        self.mutate(owner, |this, w, counters| {
+            prefixes
+                .iter()
+                .map(|p| this.add_cidr_owner(w, counters, *p, owner))
+                .collect()
+        })
+    }
+
+    /// Makes the CIDR identity references of every owner starting with `owner_prefix` equal
+    /// `desired` (owner -> prefixes, host bits cleared here): missing references are added
+    /// (new identities allocated with their ipcache rows), references no longer desired are
+    /// dropped (identities left without owners released). One table transaction and one
+    /// state-file write for the whole change; nothing is written when nothing differs. A
+    /// prefix for which no id is free is counted in [`CidrSync::failed`] and skipped; any
+    /// other error changes nothing.
+    pub fn sync_cidr_owners(
+        &self,
+        owner_prefix: &str,
+        desired: &BTreeMap<String, BTreeSet<Ipv4Net>>,
+    ) -> Result<CidrSync, IdentityError> {
+        if owner_prefix.is_empty() {
+            return Err(IdentityError::Invalid(
+                "the owner prefix of a CIDR identity sync must not be empty".into(),
+            ));
+        }
+        if let Some(bad) = desired.keys().find(|o| !o.starts_with(owner_prefix)) {
+            return Err(IdentityError::Invalid(format!(
+                "owner {bad:?} of a CIDR identity sync does not start with {owner_prefix:?}"
+            )));
+        }
+        let desired: BTreeMap<&str, BTreeSet<Ipv4Net>> = desired
+            .iter()
+            .map(|(o, ps)| (o.as_str(), ps.iter().map(Ipv4Net::trunc).collect()))
+            .collect();
+        // Cheap check first (read only): most passes change nothing.
+        let (to_add, to_drop) = {
+            let txn = self.db.read_txn();
+            self.cidr_diff(&txn, owner_prefix, &desired)
+        };
+        if to_add.is_empty() && to_drop.is_empty() {
+            return Ok(CidrSync::default());
+        }
+        self.mutate(owner_prefix, |this, w, counters| {
+            // Recompute under the lock from the write transaction's view.
+            let (to_add, to_drop) = this.cidr_diff(&*w, owner_prefix, &desired);
+            let mut out = CidrSync::default();
+            for (id, owner) in &to_drop {
+                out.dropped += 1;
+                if this.drop_owner(w, counters, *id, owner)? {
+                    out.released += 1;
+                }
+            }
+            for (prefix, owner) in &to_add {
+                let labels = cidr_labels(prefix);
+                let existed = this.table.get(&*w, &labels_query(&labels)).is_some();
+                match this.add_cidr_owner(w, counters, *prefix, owner) {
+                    Ok(_) => {
+                        out.added += 1;
+                        out.allocated += usize::from(!existed);
+                    }
+                    Err(IdentityError::Exhausted { what, kind }) => {
+                        tracing::warn!(%prefix, owner, what, kind, "no free CIDR identity");
+                        out.failed += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if out.allocated > 0 || out.released > 0 {
+                tracing::info!(
+                    owners = owner_prefix,
+                    allocated = out.allocated,
+                    released = out.released,
+                    added = out.added,
+                    dropped = out.dropped,
+                    "CIDR identities synced"
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// References to add (prefix, owner) and drop (identity, owner) to make the CIDR
+    /// owners starting with `owner_prefix` equal `desired`.
+    #[expect(clippy::type_complexity, reason = "two plain lists")]
+    fn cidr_diff<R: statedb::Txn + ?Sized>(
+        &self,
+        txn: &R,
+        owner_prefix: &str,
+        desired: &BTreeMap<&str, BTreeSet<Ipv4Net>>,
+    ) -> (Vec<(Ipv4Net, String)>, Vec<(Identity, String)>) {
+        let mut have: BTreeMap<&str, BTreeSet<Ipv4Net>> = BTreeMap::new();
+        let mut to_drop = Vec::new();
+        let all: Vec<Arc<IdentityObj>> = self
+            .table
+            .all(txn)
+            .filter(|o| o.kind == IdentityKind::Cidr)
+            .map(|o| o.object())
+            .collect();
+        for o in &all {
+            let Some(c) = o.cidr else { continue };
+            for owner in o.owners.iter().filter(|w| w.starts_with(owner_prefix)) {
+                if desired.get(owner.as_str()).is_some_and(|d| d.contains(&c)) {
+                    have.entry(owner.as_str()).or_default().insert(c);
+                } else {
+                    to_drop.push((o.identity(), owner.clone()));
+                }
+            }
+        }
+        let to_add = desired
+            .iter()
+            .flat_map(|(owner, ps)| {
+                let have = have.get(owner);
+                ps.iter()
+                    .filter(move |p| !have.is_some_and(|h| h.contains(p)))
+                    .map(move |p| (*p, (*owner).to_string()))
+            })
+            .collect();
+        (to_add, to_drop)
+    }
+
+    /// Adds `owner` to the identity of `prefix`, allocating it (with its ipcache row) when
+    /// it does not exist.
+    fn add_cidr_owner(
+        &self,
+        w: &mut WriteTxn,
+        counters: &mut Counters,
+        prefix: Ipv4Net,
+        owner: &str,
+    ) -> Result<Identity, IdentityError> {
         let prefix = prefix.trunc();
         let labels = cidr_labels(&prefix);
-        self.mutate(owner, |this, w, counters| {
-            if let Some(found) = this.add_owner(w, &labels, owner)? {
-                return Ok(found);
-            }
-            let free = |id: u32| this.table.get(&*w, &id_query(Identity(id))).is_none();
-            let id = next_free(
-                &mut counters.next_cidr,
-                Identity::CIDR_BASE + 1,
-                Identity::CIDR_MAX,
-                free,
-            )
-            .ok_or_else(|| IdentityError::Exhausted {
-                what: prefix.to_string(),
-                kind: "cidr",
-            })?;
-            this.table.insert(
-                w,
-                IdentityObj {
-                    id,
-                    labels: labels.clone(),
-                    kind: IdentityKind::Cidr,
-                    cidr: Some(prefix),
-                    owners: BTreeSet::from([owner.to_string()]),
-                },
-            )?;
-            Self::put_cidr_row(&this.ipcache, w, prefix, Identity(id))?;
-            tracing::info!(identity = id, %prefix, owner, "CIDR identity allocated");
-            Ok(Identity(id))
-        })
+        if let Some(found) = self.add_owner(w, &labels, owner)? {
+            return Ok(found);
+        }
+        let free = |id: u32| self.table.get(&*w, &id_query(Identity(id))).is_none();
+        let id = next_free(
+            &mut counters.next_cidr,
+            Identity::CIDR_BASE + 1,
+            Identity::CIDR_MAX,
+            free,
+        )
+        .ok_or_else(|| IdentityError::Exhausted {
+            what: prefix.to_string(),
+            kind: "cidr",
+        })?;
+        self.table.insert(
+            w,
+            IdentityObj {
+                id,
+                labels,
+                kind: IdentityKind::Cidr,
+                cidr: Some(prefix),
+                owners: BTreeSet::from([owner.to_string()]),
+            },
+        )?;
+        counters.counts[IdentityKind::Cidr as usize] += 1;
+        Self::put_cidr_row(&self.ipcache, w, prefix, Identity(id))?;
+        tracing::debug!(identity = id, %prefix, owner, "CIDR identity allocated");
+        Ok(Identity(id))
     }
 
     /// Drops `owner`'s reference to `id`; the identity (and the ipcache row of a CIDR
@@ -296,7 +469,9 @@ impl IdentityAllocator {
                 _ => return Ok(false),
             }
         }
-        self.mutate(owner, |this, w, _| this.drop_owner(w, id, owner))
+        self.mutate(owner, |this, w, counters| {
+            this.drop_owner(w, counters, id, owner)
+        })
     }
 
     /// Removes every owner starting with `prefix` for which `keep` says false, deleting
@@ -319,14 +494,21 @@ impl IdentityAllocator {
                     .map(move |ow| (id, ow))
             })
             .collect();
-        for (id, owner) in &stale {
-            tracing::info!(
-                identity = id.0,
-                owner,
-                "dropping a stale identity reference"
-            );
-            self.release(*id, owner)?;
+        if stale.is_empty() {
+            return Ok(0);
         }
+        // One transaction and one state-file write for all of them.
+        self.mutate(prefix, |this, w, counters| {
+            for (id, owner) in &stale {
+                tracing::info!(
+                    identity = id.0,
+                    owner,
+                    "dropping a stale identity reference"
+                );
+                this.drop_owner(w, counters, *id, owner)?;
+            }
+            Ok(())
+        })?;
         Ok(stale.len())
     }
 
@@ -341,7 +523,10 @@ impl IdentityAllocator {
                 "the owner of an identity reference must not be empty".into(),
             ));
         }
-        let mut counters = self.counters.lock();
+        let mut guard = self.counters.lock();
+        // Work on a copy: a failed mutation leaves cursors and counts as they were (the
+        // write transaction is dropped, so the table is unchanged too).
+        let mut counters = *guard;
         let mut w = self.db.write_txn(&[&*self.table, &*self.ipcache])?;
         let before = self.table.revision(&w);
         let out = f(self, &mut w, &mut counters)?;
@@ -358,7 +543,10 @@ impl IdentityAllocator {
             };
             self.state.store(&persisted)?;
             w.commit();
-            self.update_metrics();
+            *guard = counters;
+            self.update_metrics(&counters.counts);
+        } else {
+            *guard = counters;
         }
         Ok(out)
     }
@@ -384,6 +572,7 @@ impl IdentityAllocator {
     fn drop_owner(
         &self,
         w: &mut WriteTxn,
+        counters: &mut Counters,
         id: Identity,
         owner: &str,
     ) -> Result<bool, IdentityError> {
@@ -399,6 +588,7 @@ impl IdentityAllocator {
             return Ok(false);
         }
         self.table.delete(w, &new)?;
+        counters.counts[new.kind as usize] -= 1;
         if let Some(prefix) = new.cidr {
             let row = self.ipcache.get(&*w, &prefix_query(&prefix));
             if let Some(row) = row
@@ -408,7 +598,11 @@ impl IdentityAllocator {
                 self.ipcache.delete(w, &row)?;
             }
         }
-        tracing::info!(identity = id.0, labels = %format_labels(&new.labels), "identity released");
+        if new.kind == IdentityKind::Cidr {
+            tracing::debug!(identity = id.0, labels = %format_labels(&new.labels), "identity released");
+        } else {
+            tracing::info!(identity = id.0, labels = %format_labels(&new.labels), "identity released");
+        }
         Ok(true)
     }
 
@@ -430,13 +624,8 @@ impl IdentityAllocator {
         Ok(())
     }
 
-    fn update_metrics(&self) {
+    fn update_metrics(&self, counts: &[i64; 3]) {
         let Some(m) = &self.metrics else { return };
-        let mut counts = [0i64; 3];
-        let txn = self.db.read_txn();
-        for o in self.table.all(&txn) {
-            counts[o.kind as usize] += 1;
-        }
         for (kind, n) in [
             IdentityKind::Reserved,
             IdentityKind::Endpoint,
@@ -445,7 +634,7 @@ impl IdentityAllocator {
         .into_iter()
         .zip(counts)
         {
-            m.count.with_label_values(&[kind.as_str()]).set(n);
+            m.count.with_label_values(&[kind.as_str()]).set(*n);
         }
     }
 }

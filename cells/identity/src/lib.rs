@@ -25,7 +25,7 @@ use cilium_node::Node;
 use hive::{BoxCell, FnHook, Health, Invoke, Lifecycle, Module, Provide};
 use statedb::{Db, Table};
 
-pub use allocator::{IPCACHE_SOURCE, IdentityAllocator, STATE_FILE};
+pub use allocator::{CidrSync, IPCACHE_SOURCE, IdentityAllocator, STATE_FILE};
 pub use error::IdentityError;
 pub use identity::{
     INDEX_ID, INDEX_LABEL, INDEX_LABELS, Identity, IdentityKind, IdentityObj, RESERVED, TABLE_NAME,

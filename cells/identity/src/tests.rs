@@ -306,3 +306,162 @@ fn pod_labels_give_the_identity() {
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].id, ia.0);
 }
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn cidr_count_in_state(f: &Fixture) -> usize {
+    let text = std::fs::read_to_string(f.dir.path().join(STATE_FILE)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["kind"] == "cidr")
+        .count()
+}
+
+#[test]
+fn cidr_sync_adds_drops_and_releases_in_one_change() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let f = Fixture::new();
+    let a = f.alloc();
+    let (p1, p2, p3) = (net("10.1.0.0/16"), net("10.2.0.0/16"), net("10.3.0.7/16"));
+    // Another writer's reference to p1 is not the sync's business.
+    let other = a.allocate_cidr(p1, "other:x").unwrap();
+    let desired = |pairs: &[(&str, &[Ipv4Net])]| -> BTreeMap<String, BTreeSet<Ipv4Net>> {
+        pairs
+            .iter()
+            .map(|(o, ps)| (o.to_string(), ps.iter().copied().collect()))
+            .collect()
+    };
+    let d1 = desired(&[("policy:a", &[p1, p2]), ("policy:b", &[p2])]);
+    let s = a.sync_cidr_owners("policy:", &d1).unwrap();
+    assert_eq!(
+        s,
+        CidrSync {
+            added: 3,
+            allocated: 1,
+            ..Default::default()
+        }
+    );
+    let id2 = a.lookup_cidr(p2).unwrap();
+    assert_eq!(f.ipcache_row(p2).unwrap().identity, id2.0);
+    assert_eq!(a.get(other).unwrap().owners.len(), 2);
+    assert_eq!(cidr_count_in_state(&f), 2);
+    // Nothing differs: nothing done.
+    assert_eq!(
+        a.sync_cidr_owners("policy:", &d1).unwrap(),
+        CidrSync::default()
+    );
+    // policy:a goes away, policy:b moves to p2 + p3 (host bits cleared).
+    let d2 = desired(&[("policy:b", &[p2, p3])]);
+    let s = a.sync_cidr_owners("policy:", &d2).unwrap();
+    assert_eq!((s.added, s.allocated, s.dropped, s.released), (1, 1, 2, 0));
+    assert_eq!(
+        a.get(other).unwrap().owners,
+        BTreeSet::from(["other:x".to_string()])
+    );
+    assert_eq!(
+        a.get(id2).unwrap().owners,
+        BTreeSet::from(["policy:b".to_string()])
+    );
+    let id3 = a.lookup_cidr(p3.trunc()).unwrap();
+    assert_eq!(f.ipcache_row(p3.trunc()).unwrap().identity, id3.0);
+    // Everything dropped: the policy's identities are released with their rows.
+    let s = a.sync_cidr_owners("policy:", &BTreeMap::new()).unwrap();
+    assert_eq!((s.dropped, s.released), (2, 2));
+    assert!(a.get(id2).is_none() && a.get(id3).is_none());
+    assert!(f.ipcache_row(p2).is_none() && f.ipcache_row(p3.trunc()).is_none());
+    assert!(a.get(other).is_some());
+    assert_eq!(cidr_count_in_state(&f), 1);
+    // Owners outside the prefix are refused.
+    assert!(
+        a.sync_cidr_owners("policy:", &desired(&[("cni:x", &[p1])]))
+            .is_err()
+    );
+    // The batch allocation gives the identities in order, idempotently.
+    let ids = a.allocate_cidrs(&[p2, p1], "policy:c").unwrap();
+    assert_eq!(ids[1], other);
+    assert_eq!(a.allocate_cidrs(&[p2, p1], "policy:c").unwrap(), ids);
+}
+
+#[test]
+fn a_failed_cidr_batch_changes_nothing() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let f = Fixture::new();
+    let a = f.alloc();
+    a.allocate_cidr(net("10.9.0.0/16"), "other:keep").unwrap();
+    let before_ids: Vec<u32> = a.list().iter().map(|o| o.id).collect();
+    // Make the state file unreplaceable: a non-empty directory in its place.
+    let path = f.dir.path().join(STATE_FILE);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("block"), b"x").unwrap();
+    let many: BTreeSet<Ipv4Net> = (0..50u32)
+        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xac10_0000 + i), 32).unwrap())
+        .collect();
+    let desired = BTreeMap::from([("policy:p".to_string(), many.clone())]);
+    assert!(a.sync_cidr_owners("policy:", &desired).is_err());
+    let v: Vec<Ipv4Net> = many.iter().copied().collect();
+    assert!(a.allocate_cidrs(&v, "policy:p").is_err());
+    assert_eq!(
+        a.list().iter().map(|o| o.id).collect::<Vec<_>>(),
+        before_ids
+    );
+    assert!(f.ipcache_row(v[0]).is_none());
+    // Writable again: the same batch goes through, ids continue where they would have.
+    std::fs::remove_dir_all(&path).unwrap();
+    let s = a.sync_cidr_owners("policy:", &desired).unwrap();
+    assert_eq!(s.allocated, 50);
+    let first = a.lookup_cidr(v[0]).unwrap();
+    assert_eq!(
+        first.0,
+        Identity::CIDR_BASE + 2,
+        "the failed batch used no ids"
+    );
+    assert_eq!(cidr_count_in_state(&f), 51);
+    // A restart restores all of them.
+    drop(a);
+    let f2 = Fixture::in_dir(f.dir);
+    let a2 = f2.alloc();
+    assert_eq!(a2.lookup_cidr(v[49]).unwrap().0, Identity::CIDR_BASE + 51);
+}
+
+#[test]
+fn identity_count_gauges_follow_changes() {
+    let f = Fixture::new();
+    let reg = prometheus::Registry::new();
+    let a = IdentityAllocator::new(
+        f.db.clone(),
+        f.table.clone(),
+        f.ipcache.clone(),
+        StateFile::new(f.dir.path().join(STATE_FILE)),
+        Some(&reg),
+    )
+    .unwrap();
+    let gauge = |kind: &str| -> f64 {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&reg.gather())
+            .unwrap();
+        let prefix = format!("cilium_identities{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(gauge("reserved"), 7.0);
+    let e = a.allocate(&labels(&[("app", "x")]), "cni:1").unwrap();
+    let ids = a
+        .allocate_cidrs(&[net("10.0.0.0/8"), net("11.0.0.0/8")], "policy:p")
+        .unwrap();
+    assert_eq!((gauge("endpoint"), gauge("cidr")), (1.0, 2.0));
+    a.release(ids[0], "policy:p").unwrap();
+    a.release(e, "cni:1").unwrap();
+    assert_eq!((gauge("endpoint"), gauge("cidr")), (0.0, 1.0));
+    // A failed change leaves the counts alone.
+    assert!(a.allocate(&Labels::new(), "cni:2").is_err());
+    assert_eq!((gauge("endpoint"), gauge("cidr")), (0.0, 1.0));
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cilium_endpoint::{EndpointObj, INDEX_POD};
-use cilium_identity::{Identity, IdentityAllocator, IdentityKind, IdentityObj};
+use cilium_identity::{Identity, IdentityAllocator, IdentityObj};
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -212,13 +212,14 @@ impl Repository {
     }
 
     /// Make the policy cell's CIDR identities match the stored policies: allocate missing
-    /// prefixes, release prefixes and owners no policy wants any more. Returns how many
-    /// allocations or releases failed (logged; the caller retries the pass).
+    /// prefixes, release prefixes and owners no policy wants any more, in one allocator
+    /// batch (one transaction, one state-file write; none when nothing differs, so the
+    /// pass does not re-trigger itself). Returns how many prefixes failed (all of them when
+    /// the batch failed; logged; the caller retries the pass).
     fn sync_cidrs(&self, policies: &[Arc<Policy>]) -> usize {
         let Some(alloc) = &self.allocator else {
             return 0;
         };
-        let mut failures = 0;
         let mut desired: BTreeMap<String, BTreeSet<Ipv4Net>> = BTreeMap::new();
         for p in policies {
             let cidrs: BTreeSet<Ipv4Net> = policy_cidrs(p)
@@ -229,40 +230,17 @@ impl Repository {
                 desired.insert(p.owner(), cidrs);
             }
         }
-        let txn = self.db.read_txn();
-        let mut have: BTreeMap<String, BTreeMap<Ipv4Net, u32>> = BTreeMap::new();
-        for o in self.identities.all(&txn) {
-            if o.kind != IdentityKind::Cidr {
-                continue;
-            }
-            let Some(c) = o.cidr else { continue };
-            for owner in o.owners.iter().filter(|w| w.starts_with(CIDR_OWNER_PREFIX)) {
-                have.entry(owner.clone()).or_default().insert(c, o.id);
-            }
-        }
-        for (owner, cidrs) in &desired {
-            for c in cidrs {
-                if have.get(owner).is_some_and(|h| h.contains_key(c)) {
-                    continue;
-                }
-                if let Err(e) = alloc.allocate_cidr(*c, owner) {
-                    failures += 1;
-                    tracing::warn!(owner, cidr = %c, error = %e, "allocating a CIDR identity failed");
-                }
+        // One transaction and one state-file write for the whole change; nothing is
+        // written when the identities already match.
+        match alloc.sync_cidr_owners(CIDR_OWNER_PREFIX, &desired) {
+            Ok(sync) => sync.failed,
+            Err(e) => {
+                let prefixes: usize = desired.values().map(BTreeSet::len).sum();
+                tracing::warn!(owners = desired.len(), prefixes, error = %e,
+                    "syncing the policies' CIDR identities failed");
+                prefixes.max(1)
             }
         }
-        for (owner, cidrs) in &have {
-            for (c, id) in cidrs {
-                if desired.get(owner).is_some_and(|d| d.contains(c)) {
-                    continue;
-                }
-                if let Err(e) = alloc.release(Identity(*id), owner) {
-                    failures += 1;
-                    tracing::warn!(owner, cidr = %c, error = %e, "releasing a CIDR identity failed");
-                }
-            }
-        }
-        failures
     }
 
     /// One full resolution: CIDR identities, selector cache update, every endpoint's policy;

@@ -50,6 +50,9 @@ pub fn selects(sel: &Selector, obj: &IdentityObj) -> bool {
 pub struct SelectorCache {
     identities: BTreeMap<u32, Arc<IdentityObj>>,
     selections: HashMap<Selector, BTreeSet<u32>>,
+    /// CIDR identities by (network address, prefix length), so the identities inside a
+    /// block are a range query, not a scan of every identity.
+    cidrs: BTreeMap<(u32, u8), u32>,
 }
 
 impl SelectorCache {
@@ -61,6 +64,12 @@ impl SelectorCache {
     /// An identity was added or changed: update every cached selection.
     pub fn upsert_identity(&mut self, obj: Arc<IdentityObj>) {
         let id = obj.id;
+        self.forget_cidr(id);
+        if obj.kind == IdentityKind::Cidr
+            && let Some(c) = obj.cidr
+        {
+            self.cidrs.insert(cidr_key(&c), id);
+        }
         for (sel, set) in &mut self.selections {
             if selects(sel, &obj) {
                 set.insert(id);
@@ -73,10 +82,41 @@ impl SelectorCache {
 
     /// An identity was deleted.
     pub fn remove_identity(&mut self, id: u32) {
+        self.forget_cidr(id);
         for set in self.selections.values_mut() {
             set.remove(&id);
         }
         self.identities.remove(&id);
+    }
+
+    /// Removes the CIDR index row of identity `id`, if it has one.
+    fn forget_cidr(&mut self, id: u32) {
+        if let Some(old) = self.identities.get(&id)
+            && let Some(c) = old.cidr
+            && self.cidrs.get(&cidr_key(&c)) == Some(&id)
+        {
+            self.cidrs.remove(&cidr_key(&c));
+        }
+    }
+
+    /// The CIDR identities whose prefix lies inside `block` (equal included).
+    pub fn cidr_identities_in(&self, block: &Ipv4Net) -> impl Iterator<Item = (Ipv4Net, u32)> {
+        let block = block.trunc();
+        let (first, last) = (u32::from(block.network()), u32::from(block.broadcast()));
+        let min_len = block.prefix_len();
+        self.cidrs
+            .range((first, 0)..=(last, 32))
+            .filter(move |((_, len), _)| *len >= min_len)
+            .filter_map(|((addr, len), id)| {
+                Ipv4Net::new(Ipv4Addr::from(*addr), *len)
+                    .ok()
+                    .map(|n| (n, *id))
+            })
+    }
+
+    /// Every CIDR identity.
+    pub fn cidr_identities(&self) -> impl Iterator<Item = u32> + '_ {
+        self.cidrs.values().copied()
     }
 
     /// The identities `sel` selects (computed once, then maintained).
@@ -110,6 +150,11 @@ impl SelectorCache {
     pub fn identities(&self) -> impl Iterator<Item = &Arc<IdentityObj>> {
         self.identities.values()
     }
+}
+
+fn cidr_key(c: &Ipv4Net) -> (u32, u8) {
+    let c = c.trunc();
+    (u32::from(c.network()), c.prefix_len())
 }
 
 /// What resolution needs to know about an endpoint.
@@ -235,10 +280,9 @@ impl<'a> Resolver<'a> {
                 let outside = |n: &Ipv4Net| !except.iter().any(|e| e.contains(n));
                 let mut s: BTreeSet<u32> = self
                     .cache
-                    .identities()
-                    .filter(|o| o.kind == IdentityKind::Cidr)
-                    .filter(|o| o.cidr.is_some_and(|c| cidr.contains(&c) && outside(&c)))
-                    .map(|o| o.id)
+                    .cidr_identities_in(cidr)
+                    .filter(|(c, _)| outside(c))
+                    .map(|(_, id)| id)
                     .collect();
                 for ep in self.endpoints {
                     if ep.identity != 0
@@ -254,12 +298,7 @@ impl<'a> Resolver<'a> {
                 s
             }
             Peer::Entity(Entity::World) => {
-                let mut s: BTreeSet<u32> = self
-                    .cache
-                    .identities()
-                    .filter(|o| o.kind == IdentityKind::Cidr)
-                    .map(|o| o.id)
-                    .collect();
+                let mut s: BTreeSet<u32> = self.cache.cidr_identities().collect();
                 s.insert(reserved::WORLD);
                 s
             }

@@ -1085,3 +1085,40 @@ spec:
         "old identity {old_id:?}"
     );
 }
+
+#[test]
+fn selector_cache_indexes_cidr_identities_by_block() {
+    let mut w = World::new();
+    for (id, c) in [
+        (0x0100_0001, "10.0.0.0/8"),
+        (0x0100_0002, "10.1.0.0/16"),
+        (0x0100_0003, "10.1.2.3/32"),
+        (0x0100_0004, "11.0.0.0/8"),
+    ] {
+        w.add_cidr_identity(id, c);
+    }
+    let inside = |w: &World, block: &str| -> Vec<u32> {
+        let mut v: Vec<u32> = w
+            .cache
+            .cidr_identities_in(&block.parse().unwrap())
+            .map(|(_, id)| id)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        inside(&w, "10.0.0.0/8"),
+        vec![0x0100_0001, 0x0100_0002, 0x0100_0003]
+    );
+    assert_eq!(inside(&w, "10.1.0.0/16"), vec![0x0100_0002, 0x0100_0003]);
+    assert_eq!(inside(&w, "10.1.2.3/32"), vec![0x0100_0003]);
+    assert_eq!(inside(&w, "0.0.0.0/0").len(), 4);
+    assert!(inside(&w, "10.2.0.0/16").is_empty());
+    w.cache.remove_identity(0x0100_0003);
+    assert_eq!(inside(&w, "10.1.0.0/16"), vec![0x0100_0002]);
+    // An identity whose prefix changes moves in the index.
+    w.add_cidr_identity(0x0100_0002, "12.0.0.0/16");
+    assert_eq!(inside(&w, "10.0.0.0/8"), vec![0x0100_0001]);
+    assert_eq!(inside(&w, "12.0.0.0/8"), vec![0x0100_0002]);
+    assert_eq!(w.cache.cidr_identities().count(), 3);
+}
