@@ -7,7 +7,7 @@ PACKAGES=(
     # build: BPF programs (clang-19 + libbpf via libbpf-sys) and C deps
     clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
     # datapath tools and test traffic
-    bpftool iproute2 iputils-ping iperf3 socat iptables procps jq
+    bpftool iproute2 iputils-ping iperf3 socat iptables procps jq python3
 )
 
 missing=()
