@@ -8,6 +8,9 @@ PACKAGES=(
     clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
     # datapath tools and test traffic
     bpftool iproute2 iputils-ping iperf3 socat iptables procps jq python3
+    # podman on the cilium-cni network (tests/tests/podman.rs, deploy/podman/): podman 4.3 with
+    # the CNI backend, runc (crun fails on cgroup-hybrid hosts), an image from busybox-static
+    podman containernetworking-plugins runc busybox-static
 )
 
 missing=()

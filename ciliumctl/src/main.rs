@@ -5,6 +5,7 @@
 mod bpf;
 mod bpf_lb;
 mod bpf_policy;
+mod connectivity;
 mod endpoint;
 mod identity;
 mod metrics;
@@ -127,6 +128,13 @@ enum Command {
         #[command(subcommand)]
         cmd: service::ServiceCmd,
     },
+    /// Check pod, service, host and policy connectivity end to end against the running agent.
+    ///
+    /// Example: `ciliumctl connectivity test --test 'policy/' -o json --junit report.xml`
+    Connectivity {
+        #[command(subcommand)]
+        cmd: connectivity::ConnectivityCmd,
+    },
     /// Show stored objects of a kind (pods, namespaces, ...).
     ///
     /// Example: `ciliumctl get pods -n shop` or `ciliumctl get pod frontend -n shop -o yaml`
@@ -175,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Identity { cmd } => identity::run(&client, cli.output, cmd).await,
         Command::Policy { cmd } => policy::run(&client, cli.output, cmd).await,
         Command::Service { cmd } => service::run(&client, cli.output, cmd).await,
+        Command::Connectivity { cmd } => connectivity::run(&client, cli.output, cmd).await,
         Command::Apply { file } => resources::apply(&client, cli.output, &file).await,
         Command::Delete { file } => resources::delete(&client, cli.output, &file).await,
         Command::Get {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod model;
 pub mod oracle;
+pub mod podman;
 pub mod services;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
