@@ -712,3 +712,23 @@ int cil_sock4_getpeername(struct bpf_sock_addr *ctx)
 {
 	return sock4_xlate_rev(ctx);
 }
+
+/*
+ * A translated socket's reverse entry dies with the socket: without this the
+ * LRU map fills after a few hundred thousand connections and every connect()
+ * pays for an eviction. Unconnected UDP choices (cilium_lb4_sk_fwd_v1, keyed by
+ * frontend) are left to the LRU.
+ */
+SEC("cgroup/sock_release")
+int cil_sock4_release(struct bpf_sock *ctx)
+{
+	struct lb4_sk_key key = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.address = ctx->dst_ip4,
+		.port = (__be16)ctx->dst_port,
+	};
+
+	if (key.address)
+		bpf_map_delete_elem(&cilium_lb4_sk_v1, &key);
+	return 1;
+}

@@ -21,6 +21,18 @@ impl Client {
         self.post_text("/v1/apply", text).await
     }
 
+    /// `POST /v1/apply?wait=true&timeout=SECS`: apply, then return only once every applied
+    /// object is in the datapath (503 naming the stage that has not caught up otherwise; the
+    /// objects are applied either way).
+    pub async fn apply_wait(
+        &self,
+        text: &str,
+        timeout_secs: f64,
+    ) -> Result<Vec<ResourceChange>, ClientError> {
+        self.post_text(&format!("/v1/apply?wait=true&timeout={timeout_secs}"), text)
+            .await
+    }
+
     /// `POST /v1/delete`: delete the objects a YAML or JSON file names.
     pub async fn delete_objects(&self, text: &str) -> Result<Vec<ResourceChange>, ClientError> {
         self.post_text("/v1/delete", text).await

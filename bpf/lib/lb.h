@@ -26,8 +26,8 @@
 
 #include "common.h"
 
-#define LB_SERVICES_MAP_SIZE 65536
-#define LB_BACKENDS_MAP_SIZE 65536
+#define LB_SERVICES_MAP_SIZE 262144 /* 10k services x (1 header + 10 backends) and room */
+#define LB_BACKENDS_MAP_SIZE 262144
 #define LB_REVNAT_MAP_SIZE 65536
 #define LB_AFFINITY_MAP_SIZE 65536
 #define LB_MAGLEV_MAP_SIZE 4096

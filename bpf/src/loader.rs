@@ -243,6 +243,43 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
     }
 }
 
+/// A pin left by an agent whose map layout differs (type, key or value size, capacity) cannot
+/// be reused: libbpf would refuse to load. Such a pin is removed so the map is re-created with
+/// the new layout; its contents are lost on purpose (the reconcilers rewrite the maps from
+/// their tables, conntrack refills). The change is logged with both layouts.
+fn replace_incompatible_pin(map: &libbpf_rs::OpenMapMut<'_>, pin: &Path) {
+    use libbpf_rs::MapCore as _;
+    let Ok(old) = MapHandle::from_pinned_path(pin) else {
+        return;
+    };
+    let want = (
+        map.map_type(),
+        map.key_size(),
+        map.value_size(),
+        map.max_entries(),
+    );
+    let have = (
+        old.map_type(),
+        old.key_size(),
+        old.value_size(),
+        old.max_entries(),
+    );
+    if want == have {
+        return;
+    }
+    drop(old);
+    match fs::remove_file(pin) {
+        Ok(()) => tracing::warn!(
+            pin = %pin.display(),
+            old = ?have,
+            new = ?want,
+            "pinned map has another layout (type, key size, value size, max entries): re-created"
+        ),
+        Err(e) => tracing::warn!(pin = %pin.display(), error = %e,
+            "pinned map has another layout and its pin cannot be removed; loading will fail"),
+    }
+}
+
 /// Checks that `root` (or its nearest existing ancestor) is on bpffs and creates it.
 fn prepare_root(root: &Path) -> Result<()> {
     let mut probe = root;
@@ -305,6 +342,7 @@ impl Datapath {
             (&mut m.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD),
             (&mut m.cilium_lb_config_v1, names::LB_CONFIG),
         ] {
+            replace_incompatible_pin(map, &root.join(name));
             map.set_pin_path(root.join(name))
                 .map_err(|source| Error::Load {
                     stage: "pin path",
@@ -607,7 +645,13 @@ impl Datapath {
 }
 
 /// The socket load-balancing hooks, in attach order.
-pub const SOCK_HOOKS: &[&str] = &["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
+pub const SOCK_HOOKS: &[&str] = &[
+    "connect4",
+    "sendmsg4",
+    "recvmsg4",
+    "getpeername4",
+    "sock_release",
+];
 
 /// What [`Datapath::attach_cgroup`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -641,12 +685,13 @@ impl Datapath {
             "sendmsg4" => Some((&p.cil_sock4_sendmsg, "cil_sock4_sendmsg")),
             "recvmsg4" => Some((&p.cil_sock4_recvmsg, "cil_sock4_recvmsg")),
             "getpeername4" => Some((&p.cil_sock4_getpeername, "cil_sock4_getpeername")),
+            "sock_release" => Some((&p.cil_sock4_release, "cil_sock4_release")),
             _ => None,
         }
     }
 
     /// Attaches the socket load-balancing programs (connect4, sendmsg4, recvmsg4,
-    /// getpeername4) to the cgroup v2 directory `cgroup` with bpf_links pinned at
+    /// getpeername4, and sock_release, which drops a socket's reverse entry) to the cgroup v2 directory `cgroup` with bpf_links pinned at
     /// `<root>/lb/links/cgroup_<hook>`, so they outlive the agent. A pinned link of an
     /// earlier run on the same cgroup is updated in place to the loaded program (no
     /// window without translation); one on another cgroup is detached and replaced.

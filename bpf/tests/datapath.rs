@@ -698,3 +698,41 @@ fn check_policy(dp: &Datapath, reader: &EventReader, node: &str, pa: &str, pb: &
     assert!(pm.stats().unwrap().iter().any(|r| r.cookie == 503));
     assert!(ping(pa, IP_B, None));
 }
+
+#[test]
+fn a_pin_with_an_old_layout_is_recreated() {
+    use libbpf_rs::{MapCore as _, MapHandle, MapType};
+    if let Some(why) = missing_privilege() {
+        skip(&why);
+        return;
+    }
+    let root = PathBuf::from(format!(
+        "/sys/fs/bpf/cilium-test-layout-{}",
+        std::process::id()
+    ));
+    let _pins = PinGuard(root.clone());
+    std::fs::create_dir_all(&root).unwrap();
+    let pin = root.join("cilium_lb4_services_v1");
+    // The services map as an older agent pinned it: same key and value, fewer entries.
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+        map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
+        ..Default::default()
+    };
+    let mut old = MapHandle::create(MapType::Hash, Some("old_svc"), 12, 16, 1024, &opts).unwrap();
+    old.pin(&pin).unwrap();
+    drop(old);
+
+    let cfg = DatapathConfig {
+        bpf_root: root.clone(),
+        ..Default::default()
+    };
+    let dp = Datapath::load(&cfg).expect("loading over a pin with another layout");
+    let now = MapHandle::from_pinned_path(&pin).unwrap();
+    assert!(
+        now.max_entries() > 1024,
+        "the pin was reused instead of re-created: {} entries",
+        now.max_entries()
+    );
+    drop(dp);
+}

@@ -548,7 +548,7 @@ fn services_are_load_balanced() {
     std::fs::create_dir_all(&cg).unwrap();
     let _cg = CgroupGuard(cg.clone());
     let att = dp.attach_cgroup(&cg).unwrap();
-    assert_eq!(att.created.len(), 4);
+    assert_eq!(att.created.len(), cilium_bpf::SOCK_HOOKS.len());
     let script = format!(
         "import socket,sys\n\
          t=socket.create_connection(('{VIP}',80),timeout=3)\n\
@@ -578,11 +578,19 @@ fn services_are_load_balanced() {
     assert!(stdout.contains(&format!("tcp B {VIP}")), "{stdout}");
     assert!(stdout.contains(&format!("udp B {VIP}")), "{stdout}");
     assert!(stdout.contains("empty refused"), "{stdout}");
+    // The process is gone: the connected TCP socket's reverse entry went with it
+    // (sock_release); the unconnected UDP socket's stays to the LRU.
+    let sk = dp.maps().lb.sk.entries().unwrap();
+    assert_eq!(
+        sk.len(),
+        1,
+        "reverse socket entries left after the sockets closed: {sk:?}"
+    );
     // The same program outside the cgroup is not translated (the host stack has no route
     // semantics for the VIP): proves the cgroup scoping.
     // Re-attach (restart) updates the pinned links in place.
     let again = dp.attach_cgroup(&cg).unwrap();
-    assert_eq!(again.updated.len(), 4);
+    assert_eq!(again.updated.len(), cilium_bpf::SOCK_HOOKS.len());
     dp.detach_cgroup().unwrap();
     assert!(dp.cgroup_links().is_empty());
     in_netns(&node, || dp.detach_netdev(dev_ifindex).unwrap());

@@ -86,11 +86,18 @@ enum Command {
     Metrics,
     /// Create or update the objects of a YAML or JSON file (Namespace, Pod, ...), all or nothing.
     ///
-    /// Example: `ciliumctl apply -f pods.yaml` or `cat pods.yaml | ciliumctl apply -f -`
+    /// Example: `ciliumctl apply -f pods.yaml` or `cat svc.yaml | ciliumctl apply --wait -f -`
     Apply {
         /// File with one or more documents (`---`-separated YAML, JSON, or `kind: List`); `-` reads stdin.
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
         file: PathBuf,
+        /// Return only once the applied objects are in the datapath (load-balancer tables and
+        /// BPF maps); fails naming the stage that did not catch up within --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait may take.
+        #[arg(long, value_name = "SECS", default_value_t = 60.0, requires = "wait")]
+        timeout: f64,
     },
     /// Delete the objects a YAML or JSON file names; missing objects are reported, not errors.
     ///
@@ -184,7 +191,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { cmd } => policy::run(&client, cli.output, cmd).await,
         Command::Service { cmd } => service::run(&client, cli.output, cmd).await,
         Command::Connectivity { cmd } => connectivity::run(&client, cli.output, cmd).await,
-        Command::Apply { file } => resources::apply(&client, cli.output, &file).await,
+        Command::Apply {
+            file,
+            wait,
+            timeout,
+        } => resources::apply(&client, cli.output, &file, wait.then_some(timeout)).await,
         Command::Delete { file } => resources::delete(&client, cli.output, &file).await,
         Command::Get {
             kind,

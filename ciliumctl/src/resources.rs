@@ -64,9 +64,18 @@ fn print_changes(format: Format, changes: &[ResourceChange]) -> anyhow::Result<(
 }
 
 /// `ciliumctl apply -f FILE|-`.
-pub async fn apply(client: &Client, format: Format, file: &Path) -> anyhow::Result<ExitCode> {
+pub async fn apply(
+    client: &Client,
+    format: Format,
+    file: &Path,
+    wait_secs: Option<f64>,
+) -> anyhow::Result<ExitCode> {
     let text = read_input(file)?;
-    let changes = client.apply(&text).await.map_err(explain)?;
+    let changes = match wait_secs {
+        Some(secs) => client.apply_wait(&text, secs).await,
+        None => client.apply(&text).await,
+    }
+    .map_err(explain)?;
     print_changes(format, &changes)?;
     Ok(ExitCode::SUCCESS)
 }

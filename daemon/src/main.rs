@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use cilium_agent::{agent_hive, logging::LogControl};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let initial = std::env::var("CILIUM_LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
     let log = LogControl::install(&initial);

@@ -87,7 +87,13 @@ pub fn privileged() -> Result<(), String> {
 /// Call at the top of a privileged test: returns false (after printing SKIPPED) when the test
 /// cannot run here; panics instead when `CI=true`.
 pub fn require_privileges(test: &str) -> bool {
-    match privileged() {
+    require(test, privileged())
+}
+
+/// `Ok`: true. `Err(why)`: prints `SKIPPED: <test>: <why>` and returns false, or panics when
+/// `CI=true` (CI must exercise the kernel, so a missing requirement is a failure there).
+pub fn require(test: &str, check: Result<(), String>) -> bool {
+    match check {
         Ok(()) => true,
         Err(why) => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {

@@ -55,19 +55,7 @@ pub fn available() -> Result<(), String> {
 /// podman, runc and busybox-static. False (after printing `SKIPPED: <why>`) when it cannot
 /// run; panics instead when `CI=true` (CI installs them with hack/deps.sh).
 pub fn require_podman(test: &str) -> bool {
-    if !crate::require_privileges(test) {
-        return false;
-    }
-    match available() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: cannot run in CI: {why}");
-            }
-            eprintln!("SKIPPED: {test}: {why}");
-            false
-        }
-    }
+    crate::require_privileges(test) && crate::require(test, available())
 }
 
 /// Replace the line that sets `key` in a containers.conf (TOML) text with `key = value`.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use cilium_e2e::Pod;
 use cilium_e2e::services::{
-    Client, Reply, SliceEp, SvcPort, UdpFlow, apply, dump, eps, lb_args, require_lb, serve,
-    service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
+    Client, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, dump, eps, lb_args, require_lb,
+    serve, service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
 };
 
 const NS: &str = "default";
@@ -488,4 +488,61 @@ fn a_udp_flow_moves_when_its_backend_goes_away() {
         apply(&agent, &both);
         wait_programmed(&agent, &fe, &eps(&[b1.ip, b2.ip], 5353));
     }
+}
+
+/// `ciliumctl apply --wait` returns only once every applied service is in the BPF maps: the
+/// map is read once, right after it returns, with no polling.
+#[test]
+fn apply_wait_returns_once_services_are_in_the_bpf_maps() {
+    let Some(cg) = require_lb("apply_wait_returns_once_services_are_in_the_bpf_maps") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.235.0.0/24",
+        &lb_args(&cg, "10.235.0.0/16", &["--node-name", NODE]),
+    );
+    let ports = [SvcPort::tcp("http", 80, 8080)];
+    let mut yaml = String::new();
+    let mut want = BTreeSet::new();
+    for i in 0..300u32 {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 235, 1, 0)) + i);
+        let ips: Vec<Ipv4Addr> = (0..3)
+            .map(|j| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 0, 1)) + (i * 3 + j) % 500))
+            .collect();
+        let name = format!("w{i}");
+        yaml.push_str(&service_yaml(NS, &name, vip, &ports, ""));
+        yaml.push_str(&slice(&name, &format!("{name}-1"), &ips, &ports));
+        want.insert(format!("{vip}:80/tcp"));
+    }
+    let out = cilium_e2e::model::ctl_stdin(
+        &agent,
+        &["apply", "--wait", "--timeout", "60", "-f", "-"],
+        &yaml,
+    );
+    assert!(
+        out.status.success(),
+        "apply --wait failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let programmed: BTreeSet<String> = bpf_frontends(&agent)
+        .expect("bpf lb list")
+        .into_iter()
+        .filter(|(_, slots)| slots.len() == 3)
+        .map(|(fe, _)| fe)
+        .collect();
+    let missing: Vec<&String> = want.difference(&programmed).collect();
+    assert!(
+        missing.is_empty(),
+        "apply --wait returned before {} of 300 frontends were in the BPF map with their 3 backends (first: {:?})\n{}",
+        missing.len(),
+        missing.first(),
+        dump(&agent)
+    );
+
+    // --timeout without --wait is refused by the CLI itself.
+    let out = agent.ctl(&["apply", "--timeout", "5", "-f", "/dev/null"]);
+    assert!(
+        !out.status.success(),
+        "--timeout without --wait was accepted"
+    );
 }

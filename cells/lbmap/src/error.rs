@@ -27,6 +27,12 @@ pub enum Error {
         /// What is wrong and what to use instead.
         reason: String,
     },
+    /// The end-of-batch flush of removed backends failed (the batch's frontends are retried).
+    #[error("lb maps: flushing the flows of removed backends failed: {reason}")]
+    Deferred {
+        /// The underlying error.
+        reason: String,
+    },
     /// No cgroup v2 hierarchy was found for the socket load-balancing programs.
     #[error(
         "no cgroup v2 mount found at /sys/fs/cgroup or /sys/fs/cgroup/unified; mount one \

@@ -96,6 +96,7 @@ fn start(
     routes: Arc<cilium_api::routes::ApiRoutes>,
     jobs: JobGroup,
     metrics: Option<Arc<ReconcilerMetrics>>,
+    resources: Option<Arc<cilium_resources::Resources>>,
 ) -> hive::anyhow::Result<()> {
     maglev::validate_table_size(flags.maglev_table_size).map_err(|reason| Error::Flag {
         flag: "maglev-table-size",
@@ -134,11 +135,22 @@ fn start(
     ));
     let mut config = statedb::reconciler::Config::new(RECONCILER_NAME);
     config.metrics = metrics.map(|m| (*m).clone());
+    // The running reconciler's handle (replaced when the job restarts it), for `apply --wait`.
+    let handle = cilium_resources::ReconcilerSlot::default();
+    if let Some(resources) = resources {
+        resources.add_sync_waiter(
+            "the BPF load-balancer map reconciler",
+            cilium_resources::RANK_DATAPATH,
+            cilium_resources::reconciler_waiter((*db).clone(), (*table).clone(), handle.clone()),
+        );
+    }
     jobs.add(Job::one_shot("reconciler", move |cancel, health| {
         let (db, table, ops, config) =
             ((*db).clone(), (*table).clone(), ops.clone(), config.clone());
+        let slot = handle.clone();
         async move {
-            let (_handle, run) = Reconciler::new(config, db, table, ops, Arc::new(health), cancel)?;
+            let (h, run) = Reconciler::new(config, db, table, ops, Arc::new(health), cancel)?;
+            *slot.lock() = Some(h);
             run.await;
             Ok(())
         }

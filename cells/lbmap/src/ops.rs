@@ -16,7 +16,7 @@
 //! NAT and orphaned backends. The operations keep a shadow of what they wrote, loaded from
 //! the maps on first use (restart) and dropped on error.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use cilium_bpf::types::{
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service};
 use parking_lot::Mutex;
-use statedb::reconciler::{Operations, Reconcilable};
+use statedb::reconciler::{BatchEntry, Operations, Reconcilable};
 use statedb::{ObjIter, ReadTxn, Revision};
 
 use crate::error::Error;
@@ -123,13 +123,12 @@ pub trait LbBackend: Send + Sync + 'static {
     fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error>;
     /// Every service id with a Maglev table.
     fn maglev_ids(&self) -> Vec<u16>;
-    /// Forgets flow state pointing at `backend` for service `rev_nat_id`: UDP/other
-    /// conntrack entries, affinity, unconnected-socket choices. Returns entries removed.
-    fn flush_backend(
+    /// Forgets flow state pointing at the given backends, each `(rev_nat_id, backend id,
+    /// backend)`: UDP/other conntrack entries, affinity, unconnected-socket choices. One
+    /// pass over each map for the whole list. Returns entries removed.
+    fn flush_backends(
         &self,
-        rev_nat_id: u16,
-        backend_id: u32,
-        backend: Lb4Backend,
+        targets: &[(u16, u32, Lb4Backend)],
     ) -> Result<usize, cilium_bpf::Error>;
 }
 
@@ -197,44 +196,45 @@ impl LbBackend for Arc<Datapath> {
     fn maglev_ids(&self) -> Vec<u16> {
         self.maps().lb.maglev_services()
     }
-    fn flush_backend(
+    fn flush_backends(
         &self,
-        rev_nat_id: u16,
-        backend_id: u32,
-        backend: Lb4Backend,
+        targets: &[(u16, u32, Lb4Backend)],
     ) -> Result<usize, cilium_bpf::Error> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let by_id: HashSet<(u16, u32)> = targets.iter().map(|(s, b, _)| (*s, *b)).collect();
+        // Raw (network-order) address and port, as the conntrack key stores them.
+        let by_addr: HashSet<(u16, u32, u16)> = targets
+            .iter()
+            .map(|(s, _, be)| (*s, be.address, be.port))
+            .collect();
         let maps = self.maps();
         let mut n = 0;
         // Non-TCP conntrack only: established TCP connections to a terminating backend
         // keep running; datagram flows move to a remaining backend.
         let ct = &maps.conntrack.any;
         for (k, v) in ct.entries()? {
-            if v.flags & CT_F_SERVICE == 0 || v.rev_nat_id != rev_nat_id {
+            if v.flags & CT_F_SERVICE == 0 {
                 continue;
             }
             let points = if k.flags & CT_KEY_F_SERVICE != 0 {
-                v.nat_aux == backend_id
+                by_id.contains(&(v.rev_nat_id, v.nat_aux))
             } else {
-                k.daddr == backend.address && k.dport == backend.port
-                    || k.saddr == backend.address && k.sport == backend.port
+                by_addr.contains(&(v.rev_nat_id, k.daddr, k.dport))
+                    || by_addr.contains(&(v.rev_nat_id, k.saddr, k.sport))
             };
             if points && ct.delete(&k)? {
                 n += 1;
             }
         }
         for (k, v) in maps.lb.affinity.entries()? {
-            if k.rev_nat_id == rev_nat_id
-                && v.backend_id == backend_id
-                && maps.lb.affinity.delete(&k)?
-            {
+            if by_id.contains(&(k.rev_nat_id, v.backend_id)) && maps.lb.affinity.delete(&k)? {
                 n += 1;
             }
         }
         for (k, v) in maps.lb.sk_fwd.entries()? {
-            if v.rev_nat_id == rev_nat_id
-                && v.backend_id == backend_id
-                && maps.lb.sk_fwd.delete(&k)?
-            {
+            if by_id.contains(&(v.rev_nat_id, v.backend_id)) && maps.lb.sk_fwd.delete(&k)? {
                 n += 1;
             }
         }
@@ -258,6 +258,19 @@ pub struct LbMapOps<B = Arc<Datapath>> {
     algorithm: Algorithm,
     maglev_size: u32,
     shadow: Mutex<Option<HashMap<FrontendKey, Written>>>,
+    /// Inside a batch: the flushes and orphan checks its frontends asked for, done once at
+    /// its end (one pass over the flow maps, one look at which backends are still used)
+    /// instead of once per frontend.
+    deferred: Mutex<Option<Deferred>>,
+}
+
+/// Work a batch defers to its end.
+#[derive(Debug, Default)]
+struct Deferred {
+    /// `(service id, backend id, backend)` whose flow state goes.
+    flush: Vec<(u16, u32, Lb4Backend)>,
+    /// Backend ids that left some frontend (deleted if no frontend uses them).
+    removed: BTreeSet<u32>,
 }
 
 impl<B> std::fmt::Debug for LbMapOps<B> {
@@ -294,6 +307,7 @@ impl<B: LbBackend> LbMapOps<B> {
             algorithm,
             maglev_size,
             shadow: Mutex::new(None),
+            deferred: Mutex::new(None),
         }
     }
 
@@ -506,16 +520,35 @@ impl<B: LbBackend> LbMapOps<B> {
         if removed.is_empty() {
             return Ok(());
         }
-        for id in removed {
-            if let Some(be) = addrs.get(id) {
-                let n = self
-                    .backend
-                    .flush_backend(service_id, *id, *be)
-                    .map_err(map_err("flushing flows of a removed backend of", key))?;
-                if n > 0 {
-                    tracing::info!(frontend = %fe_name(key), backend = id, flushed = n, "flows of a removed backend flushed");
-                }
-            }
+        let flush: Vec<(u16, u32, Lb4Backend)> = removed
+            .iter()
+            .filter_map(|id| addrs.get(id).map(|be| (service_id, *id, *be)))
+            .collect();
+        if let Some(d) = self.deferred.lock().as_mut() {
+            d.flush.extend(flush);
+            d.removed.extend(removed.iter().copied());
+            return Ok(());
+        }
+        let removed: BTreeSet<u32> = removed.iter().copied().collect();
+        self.flush_and_delete(shadow, key, &flush, &removed)
+    }
+
+    /// Flushes the flow state of `flush` and deletes the backends of `removed` that no
+    /// frontend of `shadow` uses any more.
+    fn flush_and_delete(
+        &self,
+        shadow: &HashMap<FrontendKey, Written>,
+        key: &FrontendKey,
+        flush: &[(u16, u32, Lb4Backend)],
+        removed: &BTreeSet<u32>,
+    ) -> Result<(), Error> {
+        let n = self
+            .backend
+            .flush_backends(flush)
+            .map_err(map_err("flushing flows of removed backends of", key))?;
+        if n > 0 {
+            tracing::info!(frontend = %fe_name(key), backends = flush.len(), flushed = n,
+                "flows of removed backends flushed");
         }
         let used = Self::referenced(shadow);
         let orphans: Vec<u32> = removed
@@ -526,6 +559,39 @@ impl<B: LbBackend> LbMapOps<B> {
         self.backend
             .delete_backends(&orphans)
             .map_err(map_err("deleting orphan backends of", key))
+    }
+
+    /// Runs `each` over a batch with flushes deferred, then does them at once. If that
+    /// fails, every entry of the batch is marked failed (retried; a retry is idempotent).
+    fn batch<T: FrontendSource>(
+        &self,
+        batch: &mut [BatchEntry<T, Error>],
+        each: impl Fn(&Self, &FrontendDesc) -> Result<(), Error>,
+    ) {
+        *self.deferred.lock() = Some(Deferred::default());
+        for e in batch.iter_mut() {
+            e.result = Some(each(self, &e.object.desc()));
+        }
+        let Some(d) = self.deferred.lock().take() else {
+            return;
+        };
+        if d.flush.is_empty() && d.removed.is_empty() {
+            return;
+        }
+        let key = (Ipv4Addr::UNSPECIFIED, 0, 0);
+        if let Err(err) =
+            self.with_shadow(|shadow| self.flush_and_delete(shadow, &key, &d.flush, &d.removed))
+        {
+            tracing::warn!(error = %err, "flushing removed backends failed; the batch is retried");
+            let reason = err.to_string();
+            for e in batch.iter_mut() {
+                if matches!(e.result, Some(Ok(()))) {
+                    e.result = Some(Err(Error::Deferred {
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
     }
 
     /// Removes one frontend: header first, then slots, Maglev, reverse NAT, orphans.
@@ -578,12 +644,23 @@ impl<B: LbBackend> LbMapOps<B> {
             .filter(|k| !want_keys.contains(k))
             .copied()
             .collect();
+        // Flushes deferred to one pass; the orphan backends are deleted below anyway.
+        *self.deferred.lock() = Some(Deferred::default());
+        let mut removed = Ok(());
         for k in &stale {
             if let Some(w) = present.remove(k) {
-                self.remove_written(&present, k, &w, 0)?;
+                removed = self.remove_written(&present, k, &w, 0);
+                if removed.is_err() {
+                    break;
+                }
             }
         }
+        let deferred = self.deferred.lock().take().unwrap_or_default();
+        removed?;
         let none = (Ipv4Addr::UNSPECIFIED, 0, 0);
+        self.backend
+            .flush_backends(&deferred.flush)
+            .map_err(map_err("flushing flows of pruned backends for", &none))?;
         let want_ids: BTreeSet<u16> = wanted.iter().map(|d| d.service_id).collect();
         for id in self
             .backend
@@ -649,6 +726,14 @@ where
     async fn prune(&self, _txn: &ReadTxn, objects: ObjIter<'_, T>) -> Result<(), Error> {
         let wanted: Vec<FrontendDesc> = objects.map(|o| o.desc()).collect();
         self.prune_to(&wanted)
+    }
+
+    async fn update_batch(&self, _txn: &ReadTxn, batch: &mut [BatchEntry<T, Error>]) {
+        self.batch(batch, Self::apply);
+    }
+
+    async fn delete_batch(&self, _txn: &ReadTxn, batch: &mut [BatchEntry<T, Error>]) {
+        self.batch(batch, Self::remove);
     }
 }
 
@@ -726,13 +811,13 @@ mod tests {
         fn maglev_ids(&self) -> Vec<u16> {
             self.maglev.lock().keys().copied().collect()
         }
-        fn flush_backend(
+        fn flush_backends(
             &self,
-            _rev_nat_id: u16,
-            backend_id: u32,
-            _backend: Lb4Backend,
+            targets: &[(u16, u32, Lb4Backend)],
         ) -> Result<usize, cilium_bpf::Error> {
-            self.log.lock().push(format!("flush {backend_id}"));
+            for (_, backend_id, _) in targets {
+                self.log.lock().push(format!("flush {backend_id}"));
+            }
             Ok(0)
         }
     }

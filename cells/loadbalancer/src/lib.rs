@@ -220,8 +220,16 @@ pub fn cell() -> BoxCell {
             Provide::new(|w: Arc<Writer>| Ok(w.frontends().clone())),
             Provide::new(|w: Arc<Writer>| Ok(w.backends().clone())),
             Invoke::new(
-                |routes: Arc<ApiRoutes>, writer: Arc<Writer>, jobs: JobGroup| {
+                |routes: Arc<ApiRoutes>,
+                 writer: Arc<Writer>,
+                 resources: Arc<Resources>,
+                 jobs: JobGroup| {
                     routes.add(api::router(writer.clone()));
+                    resources.add_sync_waiter(
+                        "the load-balancer writer",
+                        cilium_resources::RANK_TABLES,
+                        writer.sync_waiter(),
+                    );
                     jobs.add(Job::one_shot("lb-writer", move |cancel, _health| {
                         writer.clone().run(cancel)
                     }));

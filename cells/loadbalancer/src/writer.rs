@@ -199,6 +199,8 @@ struct State {
     /// Cluster IPs given explicitly by the services of the current pass (never allocated).
     explicit_ips: HashSet<Ipv4Addr>,
     inits: Vec<Initializer>,
+    /// Backends changed by the current pass, written once at its end (see `backend_row`).
+    backend_rows: HashMap<L3n4Addr, Option<Backend>>,
     dirty: bool,
     full_resync: bool,
 }
@@ -206,6 +208,8 @@ struct State {
 /// The writer of `services`, `frontends` and `backends`, injected as `Arc<Writer>`.
 pub struct Writer {
     p: WriterParams,
+    /// Revisions of the input tables the last successful pass had seen (`apply --wait`).
+    processed: tokio::sync::watch::Sender<Vec<u64>>,
     cidr_first: u32,
     cidr_last: u32,
     state: Mutex<State>,
@@ -296,16 +300,44 @@ impl Writer {
             errored: BTreeSet::new(),
             explicit_ips: HashSet::new(),
             inits,
+            backend_rows: HashMap::new(),
             dirty: false,
             full_resync: true,
         };
         Self::load(&p.state, &mut st)?;
         Ok(Self {
             p,
+            processed: tokio::sync::watch::Sender::new(Vec::new()),
             cidr_first,
             cidr_last,
             state: Mutex::new(st),
         })
+    }
+
+    /// Revisions of the input tables in `r`, in a fixed order.
+    pub fn input_revisions(&self, r: &ReadTxn) -> Vec<u64> {
+        let mut v = vec![
+            self.p.service_objects.revision(r),
+            self.p.slices.revision(r),
+        ];
+        if let Some(t) = &self.p.pods {
+            v.push(t.revision(r));
+        }
+        if let Some(t) = &self.p.ipam {
+            v.push(t.revision(r));
+        }
+        v
+    }
+
+    /// The `apply --wait` stage of this writer: done once a pass has handled every input
+    /// change committed before the call.
+    pub fn sync_waiter(self: &Arc<Self>) -> cilium_resources::SyncWaiter {
+        let me = self.clone();
+        cilium_resources::revisions_waiter(
+            self.processed.subscribe(),
+            move || me.input_revisions(&me.p.db.read_txn()),
+            "the load-balancer writer stopped",
+        )
     }
 
     fn load(file: &StateFile, st: &mut State) -> Result<(), LbError> {
@@ -473,6 +505,7 @@ impl Writer {
             affected.extend(self.p.services.all(&r).map(|s| s.name.clone()));
         }
         if affected.is_empty() && !first {
+            self.processed.send_replace(self.input_revisions(&r));
             return Ok((SyncStats::default(), ws));
         }
         match self.write(&mut st, &r, affected, first) {
@@ -480,6 +513,7 @@ impl Writer {
                 stats.duration = start.elapsed();
                 st.full_resync = false;
                 self.report(&st, &stats);
+                self.processed.send_replace(self.input_revisions(&r));
                 Ok((stats, ws))
             }
             Err(e) => {
@@ -537,7 +571,18 @@ impl Writer {
                 h.ok(format!("{msg}; {} in conflict", st.errored.len()));
             }
         }
-        if stats.services > 0 {
+        // Large passes (a big apply, a restore) are worth an info line with their cost.
+        if stats.services >= 100 || stats.duration >= Duration::from_millis(100) {
+            tracing::info!(
+                services = stats.services,
+                frontends_written = stats.frontends_written,
+                frontends_deleted = stats.frontends_deleted,
+                conflicts = stats.conflicts,
+                took_ms = stats.duration.as_millis(),
+                persist_ms = stats.persist.as_millis(),
+                "load-balancer tables written"
+            );
+        } else if stats.services > 0 {
             tracing::debug!(
                 services = stats.services,
                 frontends_written = stats.frontends_written,
@@ -581,6 +626,7 @@ impl Writer {
                 .write_txn(&[&self.p.services, &self.p.frontends, &self.p.backends])?;
         let mut stats = SyncStats::default();
         let mut released = false;
+        st.backend_rows.clear();
         let order = self.order(r, &affected);
         st.explicit_ips = order
             .iter()
@@ -603,6 +649,7 @@ impl Writer {
                 released |= self.process(st, &mut w, r, &name, &mut stats)?;
             }
         }
+        self.flush_backends(st, &mut w)?;
         if first {
             // Drop restored ids and allocations nothing uses any more.
             let fronts: HashSet<L3n4Addr> = self.p.frontends.all(&w).map(|f| f.addr()).collect();
@@ -1021,21 +1068,19 @@ impl Writer {
             grouped.entry(b.addr).or_default().push(b);
         }
         for a in old.iter().filter(|a| !grouped.contains_key(a)) {
-            let Some(row) = self.p.backends.get(&*w, &backend_query(a)) else {
+            let slot = self.backend_row(&mut st.backend_rows, w, a);
+            let Some(row) = slot.as_mut() else {
                 continue;
             };
-            let mut row = (*row).clone();
             row.instances.retain(|i| i.service != *name);
             if row.instances.is_empty() {
-                self.p.backends.delete(w, &row)?;
+                *slot = None;
                 st.dirty |= st.be_ids.release(a);
-            } else {
-                self.p.backends.insert(w, row)?;
             }
         }
         for (a, bs) in &grouped {
-            let existing = self.p.backends.get(&*w, &backend_query(a));
-            let (id, fresh) = match existing.as_deref() {
+            let slot = self.backend_row(&mut st.backend_rows, w, a);
+            let (id, fresh) = match slot.as_ref() {
                 Some(b) => (b.id, false),
                 None => match st.be_ids.get_or_alloc(*a) {
                     Some(x) => x,
@@ -1043,16 +1088,8 @@ impl Writer {
                 },
             };
             st.dirty |= fresh;
-            let mut instances: Vec<BackendInstance> = existing
-                .as_deref()
-                .map(|b| {
-                    b.instances
-                        .iter()
-                        .filter(|i| i.service != *name)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut instances = slot.take().map(|b| b.instances).unwrap_or_default();
+            instances.retain(|i| i.service != *name);
             for b in bs {
                 instances.push(BackendInstance {
                     service: name.clone(),
@@ -1063,7 +1100,7 @@ impl Writer {
             instances.sort();
             instances.dedup();
             let first = bs[0];
-            let row = Backend {
+            *slot = Some(Backend {
                 id,
                 address: a.address,
                 port: a.port,
@@ -1071,13 +1108,47 @@ impl Writer {
                 node_name: first.node_name.clone(),
                 pod: first.pod.clone(),
                 instances,
-            };
-            if existing.as_deref() != Some(&row) {
-                self.p.backends.insert(w, row)?;
-            }
+            });
         }
         st.svc_backends
             .insert(name.clone(), grouped.keys().copied().collect());
+        Ok(())
+    }
+
+    /// The pass-local copy of backend `a` (`None`: absent or to be deleted), read from the
+    /// table the first time the pass touches it. A backend shared by many services is
+    /// changed once per service in memory and written once per pass.
+    fn backend_row<'a>(
+        &self,
+        rows: &'a mut HashMap<L3n4Addr, Option<Backend>>,
+        w: &WriteTxn,
+        a: &L3n4Addr,
+    ) -> &'a mut Option<Backend> {
+        rows.entry(*a).or_insert_with(|| {
+            self.p
+                .backends
+                .get(w, &backend_query(a))
+                .map(|b| (*b).clone())
+        })
+    }
+
+    /// Write the backends the pass changed into the table (only those that differ).
+    fn flush_backends(&self, st: &mut State, w: &mut WriteTxn) -> Result<(), LbError> {
+        for (a, row) in std::mem::take(&mut st.backend_rows) {
+            let current = self.p.backends.get(&*w, &backend_query(&a));
+            match row {
+                Some(row) => {
+                    if current.as_deref() != Some(&row) {
+                        self.p.backends.insert(w, row)?;
+                    }
+                }
+                None => {
+                    if let Some(cur) = current {
+                        self.p.backends.delete(w, &cur)?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

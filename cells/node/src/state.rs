@@ -49,15 +49,21 @@ impl StateFile {
 
     /// Encode and replace the file atomically.
     pub fn store<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Corrupt {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.store_bytes(&bytes)
+    }
+
+    /// Replace the file atomically with `bytes` (already encoded JSON; large state files
+    /// assemble theirs from cached parts instead of re-encoding everything).
+    pub fn store_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
         let io = |what: &str, source| Error::Io {
             what: what.into(),
             path: self.path.clone(),
             source,
         };
-        let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| io("create the state directory", e))?;
         // Unique per process and call: two threads storing at once never share a temp file.
@@ -69,7 +75,7 @@ impl StateFile {
         {
             let mut f =
                 std::fs::File::create(&tmp).map_err(|e| io("create a temporary state file", e))?;
-            f.write_all(&bytes).map_err(|e| io("write state", e))?;
+            f.write_all(bytes).map_err(|e| io("write state", e))?;
             f.sync_all().map_err(|e| io("sync state", e))?;
         }
         std::fs::rename(&tmp, &self.path).map_err(|e| io("replace state", e))?;

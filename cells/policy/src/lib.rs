@@ -118,7 +118,12 @@ pub async fn run_resolver(
     }
     loop {
         let r = repo.clone();
+        // Everything committed before this point is seen by the pass below.
+        let seen = repo.input_revisions(&repo.read_txn());
         let res = tokio::task::spawn_blocking(move || r.resolve()).await;
+        if matches!(res, Ok(Ok(_))) {
+            repo.mark_processed(seen);
+        }
         let mut ws = match res {
             Ok(Ok((stats, ws))) if stats.cidr_failures > 0 => {
                 // The rows are written, but some CIDR identity is missing or stale: retry
@@ -176,8 +181,16 @@ pub fn cell() -> BoxCell {
                 Ok(EnforcementLookup(Box::new(move |id| repo.enforcement(id))))
             }),
             Invoke::new(
-                |repo: Arc<Repository>, routes: Arc<ApiRoutes>, jobs: JobGroup| {
+                |repo: Arc<Repository>,
+                 routes: Arc<ApiRoutes>,
+                 resources: Arc<Resources>,
+                 jobs: JobGroup| {
                     routes.add(api::router(repo.clone()));
+                    resources.add_sync_waiter(
+                        "policy resolution",
+                        cilium_resources::RANK_TABLES,
+                        repo.sync_waiter(),
+                    );
                     jobs.add(Job::one_shot("resolve", move |cancel, health| {
                         run_resolver(repo.clone(), cancel, health)
                     }));

@@ -94,6 +94,8 @@ pub struct Repository {
     cookies: Mutex<Cookies>,
     init: Mutex<Option<Initializer>>,
     metrics: Option<Metrics>,
+    /// Input revisions the last successful resolution had seen (`apply --wait`).
+    processed: tokio::sync::watch::Sender<Vec<u64>>,
     /// Test seam: runs once in the next [`Repository::resolve`], right after the CIDR sync.
     #[cfg(test)]
     after_cidr_sync: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -158,9 +160,33 @@ impl Repository {
             cookies: Mutex::new(Cookies::default()),
             init: Mutex::new(Some(init)),
             metrics: metrics.flatten(),
+            processed: tokio::sync::watch::Sender::new(Vec::new()),
             #[cfg(test)]
             after_cidr_sync: Mutex::new(None),
         })
+    }
+
+    /// Revisions of the resolution's input tables (policies, endpoints, identities) in `r`.
+    pub fn input_revisions(&self, r: &ReadTxn) -> Vec<u64> {
+        let mut v: Vec<u64> = self.policies.iter().map(|(_, t)| t.revision(r)).collect();
+        v.push(self.endpoints.revision(r));
+        v.push(self.identities.revision(r));
+        v
+    }
+
+    /// Record that a resolution which started after `revisions` were committed succeeded.
+    pub fn mark_processed(&self, revisions: Vec<u64>) {
+        self.processed.send_replace(revisions);
+    }
+
+    /// The `apply --wait` stage of policy resolution.
+    pub fn sync_waiter(self: &Arc<Self>) -> cilium_resources::SyncWaiter {
+        let me = self.clone();
+        cilium_resources::revisions_waiter(
+            self.processed.subscribe(),
+            move || me.input_revisions(&me.read_txn()),
+            "policy resolution stopped",
+        )
     }
 
     /// A read transaction on the database.

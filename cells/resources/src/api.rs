@@ -30,27 +30,64 @@ fn text(body: &Bytes) -> Result<String, ApiError> {
 }
 
 /// Apply a YAML or JSON file (any content type): every document or none.
+/// Query of `POST /v1/apply`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+struct ApplyQuery {
+    /// Return only once every applied object is in the datapath (the load-balancer tables
+    /// and BPF maps, ...), or fail with 503 naming the stage that has not caught up.
+    wait: Option<bool>,
+    /// Seconds `wait` may take (default 60).
+    timeout: Option<f64>,
+}
+
+/// Default of `timeout` for `wait=true`.
+const DEFAULT_WAIT_SECS: f64 = 60.0;
+
 #[utoipa::path(post, path = "/v1/apply", tag = "resources",
+    params(ApplyQuery),
     request_body(content = String, description = "Multi-document YAML, a JSON object, or a JSON `kind: List`",
         content_type = "text/yaml"),
     responses(
         (status = 200, description = "What happened to each object, in file order", body = [ResourceChange]),
-        (status = 400, description = "Not YAML/JSON, or empty", body = cilium_api::ErrorBody),
+        (status = 400, description = "Not YAML/JSON, or empty, or a bad query", body = cilium_api::ErrorBody),
         (status = 422, description = "Invalid documents; details.errors names document, field and reason; nothing was applied",
+            body = cilium_api::ErrorBody),
+        (status = 503, description = "wait=true: applied, but a stage (details.stage) did not catch up within the timeout",
             body = cilium_api::ErrorBody)))]
 async fn apply(
     State(r): State<Arc<Resources>>,
+    query: Result<Query<ApplyQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<Vec<ResourceChange>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let timeout = q.timeout.unwrap_or(DEFAULT_WAIT_SECS);
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
+        return Err(ApiError::bad_request(format!(
+            "timeout={timeout}: give seconds between 0 and 3600"
+        )));
+    }
     let text = text(&body)?;
-    tokio::task::spawn_blocking(move || r.apply(&text))
+    let started = std::time::Instant::now();
+    let applier = r.clone();
+    let changes = tokio::task::spawn_blocking(move || applier.apply(&text))
         .await
         .map_err(|e| ApiError::internal(format!("apply task failed: {e}")))?
-        .map(Json)
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    if q.wait.unwrap_or(false) {
+        let stages = r
+            .wait_synced(std::time::Duration::from_secs_f64(timeout))
+            .await
+            .map_err(ApiError::from)?;
+        let stages: Vec<String> = stages
+            .iter()
+            .map(|(n, d)| format!("{n}={:.1}ms", d.as_secs_f64() * 1e3))
+            .collect();
+        tracing::info!(objects = changes.len(), took_ms = started.elapsed().as_millis(),
+            stages = %stages.join(" "), "applied objects are in the datapath");
+    }
+    Ok(Json(changes))
 }
 
-/// Delete the objects a YAML or JSON file names; missing objects are `not-found` items.
 #[utoipa::path(post, path = "/v1/delete", tag = "resources",
     request_body(content = String, description = "Multi-document YAML or JSON naming the objects",
         content_type = "text/yaml"),

@@ -82,14 +82,14 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ResourcesError> {
         let index = i + 1;
         let is_list = v.get("kind").and_then(Value::as_str) == Some("List");
         match v {
-            Value::Object(_) if is_list => {
-                let items = match v.get("items") {
-                    Some(Value::Array(items)) => items.clone(),
+            Value::Object(mut map) if is_list => {
+                let items = match map.remove("items") {
+                    Some(Value::Array(items)) => items,
                     None | Some(Value::Null) => Vec::new(),
                     Some(other) => {
                         return Err(ResourcesError::Syntax {
                             document: index,
-                            reason: format!("items: must be a list, got {}", type_name(other)),
+                            reason: format!("items: must be a list, got {}", type_name(&other)),
                         });
                     }
                 };

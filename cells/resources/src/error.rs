@@ -103,6 +103,24 @@ pub enum ResourcesError {
     /// Writing a table failed.
     #[error("resources table: {0}")]
     Db(#[from] statedb::Error),
+    /// `apply --wait`: a stage did not catch up in time (the objects ARE applied).
+    #[error(
+        "the objects were applied, but {stage} has not put them into the datapath after {timeout_secs} s; `ciliumctl status` and `ciliumctl db frontends` show what is pending"
+    )]
+    NotSynced {
+        /// The stage still working.
+        stage: String,
+        /// The timeout given.
+        timeout_secs: f64,
+    },
+    /// `apply --wait`: a stage cannot catch up (the objects ARE applied).
+    #[error("the objects were applied, but {stage} cannot put them into the datapath: {reason}")]
+    SyncFailed {
+        /// The failing stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<ResourcesError> for ApiError {
@@ -137,6 +155,10 @@ impl From<ResourcesError> for ApiError {
             | ResourcesError::CorruptState { .. }
             | ResourcesError::State(_)
             | ResourcesError::Db(_) => ApiError::internal(e.to_string()),
+            ResourcesError::NotSynced { stage, .. } | ResourcesError::SyncFailed { stage, .. } => {
+                ApiError::unavailable(e.to_string())
+                    .with_details(serde_json::json!({ "applied": true, "stage": stage }))
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ mod document;
 mod error;
 mod kinds;
 mod store;
+mod sync;
 
 use std::sync::Arc;
 
@@ -38,6 +39,10 @@ pub use kinds::{
     pod_key, pod_query, pods_in_namespace,
 };
 pub use store::{DEFAULT_NAMESPACE, ObjectId, ResourceKind, Resources};
+pub use sync::{
+    RANK_DATAPATH, RANK_TABLES, ReconcilerSlot, SyncFuture, SyncWaiter, SyncWaiters,
+    reconciler_waiter, revisions_waiter,
+};
 
 /// Name of the state file inside `--state-dir`.
 pub const STATE_FILE: &str = "resources.json";

@@ -100,7 +100,7 @@ trait ErasedKind: Send + Sync {
     ) -> Result<ResourceAction, ResourcesError>;
     fn delete(&self, txn: &mut WriteTxn, id: &ObjectId) -> Result<bool, ResourcesError>;
     fn list(&self, txn: &ReadTxn, namespace: Option<&str>, name: Option<&str>) -> Vec<Value>;
-    fn dump(&self, txn: &WriteTxn) -> Vec<Value>;
+    fn dump_json(&self, txn: &WriteTxn, size_hint: usize) -> String;
     fn len(&self, txn: &ReadTxn) -> usize;
     fn restore(
         &self,
@@ -177,12 +177,25 @@ impl<K: ResourceKind> ErasedKind for Erased<K> {
             .filter_map(|o| serde_json::to_value(&*o).ok())
             .collect()
     }
-    fn dump(&self, txn: &WriteTxn) -> Vec<Value> {
-        self.0
-            .table()
-            .all(txn)
-            .filter_map(|o| serde_json::to_value(&*o).ok())
-            .collect()
+    fn dump_json(&self, txn: &WriteTxn, size_hint: usize) -> String {
+        // A JSON array written straight from the objects (no intermediate `Value`s), into a
+        // buffer sized from the last encoding (growing a 10 MB buffer copies it repeatedly).
+        let mut out = Vec::with_capacity(size_hint + size_hint / 4 + 4096);
+        out.push(b'[');
+        for (i, o) in self.0.table().all(txn).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if serde_json::to_writer(&mut out, &*o).is_err() {
+                // An object that cannot be encoded is skipped, as before; it cannot happen for
+                // the kinds' own types (plain data), and the file stays valid JSON.
+                if out.last() == Some(&b',') {
+                    out.pop();
+                }
+            }
+        }
+        out.push(b']');
+        String::from_utf8(out).unwrap_or_else(|_| "[]".to_string())
     }
     fn len(&self, txn: &ReadTxn) -> usize {
         self.0.table().len(txn)
@@ -227,11 +240,15 @@ pub struct Resources {
     db: Db,
     file: StateFile,
     kinds: RwLock<Vec<Arc<dyn ErasedKind>>>,
-    /// Objects loaded from the state file, kept for kinds not registered (yet) so that saving
-    /// never drops them.
-    persisted: Mutex<BTreeMap<String, Vec<Value>>>,
+    /// Objects loaded from the state file, handed to each kind when it registers.
+    loaded: Mutex<BTreeMap<String, Vec<Value>>>,
+    /// What the state file holds, per kind, as encoded JSON arrays: a write re-encodes only
+    /// the kinds it touched, and kinds not registered (yet) are never dropped.
+    saved: Mutex<BTreeMap<String, Arc<String>>>,
     /// Serializes every mutation and state-file write.
     write_lock: Mutex<()>,
+    /// Stages `apply --wait` waits for.
+    sync: crate::sync::SyncWaiters,
     health: Option<Health>,
 }
 
@@ -256,12 +273,22 @@ impl Resources {
     /// kind registers).
     pub fn new(db: Db, file: StateFile, health: Option<Health>) -> Result<Self, ResourcesError> {
         let persisted: Persisted = file.load()?.unwrap_or_default();
+        let saved = persisted
+            .kinds
+            .iter()
+            .map(|(k, objects)| {
+                let text = serde_json::to_string(objects).unwrap_or_else(|_| "[]".to_string());
+                (k.clone(), Arc::new(text))
+            })
+            .collect();
         Ok(Self {
             db,
             file,
             kinds: RwLock::new(Vec::new()),
-            persisted: Mutex::new(persisted.kinds),
+            loaded: Mutex::new(persisted.kinds),
+            saved: Mutex::new(saved),
             write_lock: Mutex::new(()),
+            sync: crate::sync::SyncWaiters::default(),
             health,
         })
     }
@@ -291,12 +318,7 @@ impl Resources {
                 }
             }
         }
-        let objects = self
-            .persisted
-            .lock()
-            .get(erased.kind())
-            .cloned()
-            .unwrap_or_default();
+        let objects = self.loaded.lock().remove(erased.kind()).unwrap_or_default();
         let mut txn = self.db.write_txn(&[erased.any_table()])?;
         let init = erased.register_initializer(&mut txn)?;
         let path = self.file.path().display().to_string();
@@ -307,6 +329,20 @@ impl Resources {
         self.kinds.write().push(erased);
         self.report();
         Ok(())
+    }
+
+    /// Register a stage that `apply --wait` waits for (see [`crate::SyncWaiters`]).
+    pub fn add_sync_waiter(&self, name: &'static str, rank: u32, waiter: crate::SyncWaiter) {
+        self.sync.add(name, rank, waiter);
+    }
+
+    /// Wait until every registered stage has handled what was committed before the call
+    /// (within `timeout`); returns each stage's time.
+    pub async fn wait_synced(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<(&'static str, std::time::Duration)>, ResourcesError> {
+        self.sync.wait(timeout).await
     }
 
     /// The registered kinds, in registration order.
@@ -466,7 +502,9 @@ impl Resources {
     /// Apply every document of `text` (YAML or JSON), all or nothing. Returns one change per
     /// document in file order.
     pub fn apply(&self, text: &str) -> Result<Vec<ResourceChange>, ResourcesError> {
+        let started = std::time::Instant::now();
         let mut docs = parse_documents(text)?;
+        let parsed = started.elapsed();
         if docs.is_empty() {
             return Err(ResourcesError::Empty);
         }
@@ -493,6 +531,7 @@ impl Resources {
             errors.sort_by_key(|e| e.document);
             return Err(ResourcesError::Invalid(errors));
         }
+        let validated = started.elapsed();
         let _w = self.write_lock.lock();
         let kinds: Vec<Arc<dyn ErasedKind>> = pending.iter().map(|p| p.kind.clone()).collect();
         let mut txn = self.write_txn(&kinds)?;
@@ -502,10 +541,17 @@ impl Resources {
             let action = p.kind.write(&mut txn, p.object)?;
             changes.push(change(kind, &p.id, action));
         }
-        self.persist_and_commit(txn)?;
-        for c in &changes {
-            tracing::info!(kind = %c.kind, namespace = %c.namespace, name = %c.name, action = ?c.action, "object applied");
-        }
+        let written = started.elapsed();
+        self.persist_and_commit(txn, &kinds)?;
+        log_changes(&changes, "applied");
+        tracing::info!(
+            objects = changes.len(),
+            parse_ms = ms(parsed),
+            validate_ms = ms(validated - parsed),
+            write_ms = ms(written - validated),
+            persist_ms = ms(started.elapsed() - written),
+            "apply done"
+        );
         Ok(changes)
     }
 
@@ -537,13 +583,8 @@ impl Resources {
             };
             changes.push(change(kind.kind(), id, action));
         }
-        self.persist_and_commit(txn)?;
-        for c in changes
-            .iter()
-            .filter(|c| c.action == ResourceAction::Deleted)
-        {
-            tracing::info!(kind = %c.kind, namespace = %c.namespace, name = %c.name, "object deleted");
-        }
+        self.persist_and_commit(txn, &kinds)?;
+        log_changes(&changes, "deleted");
         Ok(changes)
     }
 
@@ -574,18 +615,42 @@ impl Resources {
         Ok(self.db.write_txn(&tables)?)
     }
 
-    /// Write the state file from what `txn` sees, then commit. A failed write aborts the
+    /// Write the state file from what `txn` sees, then commit. Only the kinds in `touched`
+    /// are re-encoded; the others keep their last encoding. A failed write aborts the
     /// transaction, so memory and disk never disagree.
-    fn persist_and_commit(&self, txn: WriteTxn) -> Result<(), ResourcesError> {
-        let mut kinds = self.persisted.lock().clone();
-        for k in self.kinds.read().iter() {
-            kinds.insert(k.kind().to_string(), k.dump(&txn));
+    fn persist_and_commit(
+        &self,
+        txn: WriteTxn,
+        touched: &[Arc<dyn ErasedKind>],
+    ) -> Result<(), ResourcesError> {
+        let mut saved = self.saved.lock().clone();
+        let mut done = BTreeSet::new();
+        for k in touched {
+            if done.insert(k.kind()) {
+                let hint = saved.get(k.kind()).map_or(0, |t| t.len());
+                saved.insert(k.kind().to_string(), Arc::new(k.dump_json(&txn, hint)));
+            }
         }
-        self.file.store(&Persisted {
-            kinds: kinds.clone(),
-        })?;
+        // `{"kinds":{"Kind":[...],...}}`: the layout of [`Persisted`], assembled from parts.
+        let mut bytes =
+            Vec::with_capacity(saved.values().map(|t| t.len() + 32).sum::<usize>() + 16);
+        bytes.extend_from_slice(b"{\"kinds\":{");
+        for (i, (kind, text)) in saved.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            bytes.extend_from_slice(
+                serde_json::to_string(kind)
+                    .unwrap_or_else(|_| "\"\"".into())
+                    .as_bytes(),
+            );
+            bytes.push(b':');
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        bytes.extend_from_slice(b"}}\n");
+        self.file.store_bytes(&bytes)?;
         txn.commit();
-        *self.persisted.lock() = kinds;
+        *self.saved.lock() = saved;
         self.report();
         Ok(())
     }
@@ -608,6 +673,39 @@ impl Resources {
             h.ok(counts.join(", "));
         }
     }
+}
+
+/// Up to this many changes of one apply/delete are logged one by one at info level; beyond it
+/// one summary line is logged (the per-object lines go to debug).
+const LOGGED_CHANGES: usize = 20;
+
+fn log_changes(changes: &[ResourceChange], verb: &str) {
+    let changed = || {
+        changes.iter().filter(|c| {
+            !matches!(
+                c.action,
+                ResourceAction::Unchanged | ResourceAction::NotFound
+            )
+        })
+    };
+    let many = changed().count() > LOGGED_CHANGES;
+    for c in changed() {
+        if many {
+            tracing::debug!(kind = %c.kind, namespace = %c.namespace, name = %c.name, action = ?c.action, "object {verb}");
+        } else {
+            tracing::info!(kind = %c.kind, namespace = %c.namespace, name = %c.name, action = ?c.action, "object {verb}");
+        }
+    }
+    if many {
+        tracing::info!(
+            objects = changed().count(),
+            "objects {verb} (listed at debug level)"
+        );
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 fn change(kind: &str, id: &ObjectId, action: ResourceAction) -> ResourceChange {
