@@ -42,3 +42,9 @@ test: deps
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	./target/release/bench-all
+
+# Regenerates docs/cli.md from the --help text of every ciliumctl command
+# (ciliumctl/tests/cli_docs.rs checks it in `make test`).
+.PHONY: docs
+docs:
+	UPDATE_CLI_DOCS=1 $(CARGO) test -p ciliumctl --test cli_docs
