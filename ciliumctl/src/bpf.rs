@@ -64,14 +64,14 @@ pub enum BpfCommand {
 /// The only action on most maps.
 #[derive(Debug, Subcommand)]
 pub enum ListAction {
-    /// List the entries.
+    /// List every entry of the map, decoded (`-o json` for scripts).
     List,
 }
 
 /// Conntrack actions.
 #[derive(Debug, Subcommand)]
 pub enum CtAction {
-    /// List the entries.
+    /// List every conntrack entry, decoded; service flows are marked.
     List,
     /// Delete expired entries now (one garbage collection pass).
     ///

@@ -28,7 +28,7 @@ use crate::output::{Format, Table, cell, print_structured};
 #[derive(Debug, Parser)]
 #[command(name = "ciliumctl", version, about, long_about = None)]
 struct Cli {
-    /// Path of the agent's API socket.
+    /// Path of the agent's API socket [default: /var/run/cilium/cilium.sock].
     #[arg(long, global = true, env = "CILIUM_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Output format.
@@ -156,7 +156,33 @@ enum Command {
     },
 }
 
+/// Whether a panic payload is Rust's "failed printing to stdout: Broken pipe": the reader of
+/// our output went away (`ciliumctl metrics | head`), which is not an error of ours.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    text.contains("Broken pipe")
+}
+
 fn main() -> ExitCode {
+    // Output cut short by the reader (`| head`) ends the program quietly, as for other CLIs.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default_hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(run_main) {
+        Ok(code) => code,
+        Err(payload) if is_broken_pipe(payload.as_ref()) => ExitCode::from(141),
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+fn run_main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

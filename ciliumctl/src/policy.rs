@@ -27,7 +27,8 @@ pub enum PolicyCmd {
         /// Destination pod, `NAMESPACE/POD`.
         #[arg(long, value_name = "NS/POD")]
         to: String,
-        /// Destination port and protocol (TCP when omitted): `80/TCP`, `53/UDP`, `8/ICMP`.
+        /// Destination port and protocol, `N/PROTO`: `80/TCP`, `53/UDP`, `8/ICMP`; a bare `80`
+        /// means `80/TCP`.
         #[arg(long, value_name = "N/PROTO")]
         port: String,
     },

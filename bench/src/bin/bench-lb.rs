@@ -366,6 +366,19 @@ struct Sample {
     last_error: String,
 }
 
+/// Seconds of connections run, unmeasured, before the first row of each implementation:
+/// the new-connection rate on this machine drifts down during the first tens of seconds of
+/// load (the same with 1 service throughout; TIME_WAIT and conntrack state building up), so
+/// rows measured after a warm-up compare the number of services, not the time since start.
+const WARM_UP_SECS: u64 = 20;
+
+/// Run `lb-client rate` for [`WARM_UP_SECS`] without keeping the result.
+fn warm_up(client: &Client<'_>, addr: &str) {
+    let _ = client
+        .command(&["rate", addr, &(WARM_UP_SECS * 1000).to_string()])
+        .output();
+}
+
 /// Best of `windows` windows of `lb-client rate`.
 fn measure(client: &Client<'_>, addr: &str, dur: Duration, windows: u32) -> Sample {
     let mut best = Sample::default();
@@ -563,6 +576,10 @@ fn run_ours(
             Err(e) => format!("apply failed: {e}"),
         };
         let _ = Client::pod_in(&c.client, &cg).tcp_until_ok(&addr, Duration::from_secs(5));
+        if rows.is_empty() {
+            warm_up(&Client::pod_in(&c.client, &cg), &addr);
+            warm_up(&Client::pod_out(&c.client), &addr);
+        }
         for (path, client) in [
             (
                 "socket LB (client in the agent's cgroup)",
@@ -646,6 +663,31 @@ fn run_ours(
         (Some(sorted[sorted.len() / 2]), notes.join("; "))
     };
     eprintln!("control plane: {cp:?}");
+
+    // Drift check: back to one service and measure again, so the table shows how much of a
+    // difference between the rows is the machine rather than the number of services.
+    if chunked(&agent, "delete", 1..total, &real).is_ok() && wait_until_count(&agent, 1) {
+        for (path, client) in [
+            (
+                "socket LB (client in the agent's cgroup)",
+                Client::pod_in(&c.client, &cg),
+            ),
+            (
+                "per-packet DNAT (client outside it)",
+                Client::pod_out(&c.client),
+            ),
+        ] {
+            let sample = measure(&client, &addr, dur, windows);
+            eprintln!("ours again, {path}, 1 service: {sample:?}");
+            rows.push(Row {
+                implementation: "ours",
+                path,
+                services: 1,
+                sample,
+                note: "again, after the 10,000-service rows and the control-plane runs".into(),
+            });
+        }
+    }
     (rows, cp)
 }
 
@@ -722,6 +764,9 @@ fn run_iptables(counts: &[usize], dur: Duration, windows: u32) -> Vec<Row> {
                 std::thread::sleep(Duration::from_secs(120));
             }
         }
+        if k == 0 {
+            warm_up(&client, &addr);
+        }
         let sample = measure(&client, &addr, dur, windows);
         eprintln!("iptables, {n} services: {sample:?} {note}");
         rows.push(Row {
@@ -793,10 +838,16 @@ fn main() {
         return;
     }
     let quick = std::env::var("BENCH_LB_QUICK").is_ok();
-    let counts: Vec<usize> = if quick {
-        vec![1, 100, 1000]
-    } else {
-        vec![1, 1000, 10_000]
+    // BENCH_LB_COUNTS=1,1,1 (say) measures those counts instead, for drift checks; the doc is
+    // then left alone.
+    let custom: Option<Vec<usize>> = std::env::var("BENCH_LB_COUNTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let quick = quick || custom.is_some();
+    let counts: Vec<usize> = match custom {
+        Some(c) if !c.is_empty() => c,
+        _ if quick => vec![1, 100, 1000],
+        _ => vec![1, 1000, 10_000],
     };
     let dur = Duration::from_millis(if quick { 300 } else { 1000 });
     let windows = 3;
@@ -809,7 +860,9 @@ fn main() {
     } else {
         run_ours(&counts, total, dur, windows)
     };
-    rows.extend(run_iptables(&counts, dur, windows));
+    if std::env::var_os("BENCH_LB_SKIP_IPTABLES").is_none() {
+        rows.extend(run_iptables(&counts, dur, windows));
+    }
 
     let rate = |imp: &str, path_prefix: &str, n: usize| {
         rows.iter()
@@ -827,8 +880,8 @@ fn main() {
         today(),
         machine(),
         if quick { " (quick run)" } else { "" },
-        counts[1] - 1,
-        hi - 1,
+        counts.get(1).copied().unwrap_or(lo).saturating_sub(1),
+        hi.saturating_sub(1),
         dur.as_millis()
     );
     t.push_str("| implementation | path | services | conn/s | p50 connect | p99 connect | ratio to the same path at 1 service | notes |\n|---|---|---:|---:|---:|---:|---:|---|\n");
