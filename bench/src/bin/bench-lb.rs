@@ -594,26 +594,7 @@ fn run_ours(
             warm_up(&Client::pod_in(&c.client, &cg), &addr);
             warm_up(&Client::pod_out(&c.packet_client), &addr);
         }
-        for (path, client) in [
-            (
-                "socket LB (client in the agent's cgroup)",
-                Client::pod_in(&c.client, &cg),
-            ),
-            (
-                "per-packet DNAT (client outside it)",
-                Client::pod_out(&c.packet_client),
-            ),
-        ] {
-            let sample = measure(&client, &addr, dur, windows);
-            eprintln!("ours, {path}, {n} services: {sample:?} {note}");
-            rows.push(Row {
-                implementation: "ours",
-                path,
-                services: n,
-                sample,
-                note: note.clone(),
-            });
-        }
+        rows.extend(measure_ours(&c, &cg, &addr, (dur, windows), n, &note));
     }
 
     // Control plane: back to one service, then all `total` in one `apply --wait` (JSON, as
@@ -681,28 +662,51 @@ fn run_ours(
     // Drift check: back to one service and measure again, so the table shows how much of a
     // difference between the rows is the machine rather than the number of services.
     if chunked(&agent, "delete", 1..total, &real).is_ok() && wait_until_count(&agent, 1) {
-        for (path, client) in [
-            (
-                "socket LB (client in the agent's cgroup)",
-                Client::pod_in(&c.client, &cg),
-            ),
-            (
-                "per-packet DNAT (client outside it)",
-                Client::pod_out(&c.packet_client),
-            ),
-        ] {
-            let sample = measure(&client, &addr, dur, windows);
-            eprintln!("ours again, {path}, 1 service: {sample:?}");
-            rows.push(Row {
-                implementation: "ours",
-                path,
-                services: 1,
-                sample,
-                note: "again, after the 10,000-service rows and the control-plane runs".into(),
-            });
-        }
+        rows.extend(measure_ours(
+            &c,
+            &cg,
+            &addr,
+            (dur, windows),
+            1,
+            "again, after the 10,000-service rows and the control-plane runs",
+        ));
     }
     (rows, cp)
+}
+
+/// One row per path of ours (socket LB from the client inside the agent's cgroup, per-packet
+/// DNAT from the other client pod) with `n` services.
+fn measure_ours(
+    c: &Cluster<'_>,
+    cg: &Cgroup,
+    addr: &str,
+    (dur, windows): (Duration, u32),
+    n: usize,
+    note: &str,
+) -> Vec<Row> {
+    [
+        (
+            "socket LB (client in the agent's cgroup)",
+            Client::pod_in(&c.client, cg),
+        ),
+        (
+            "per-packet DNAT (client outside it)",
+            Client::pod_out(&c.packet_client),
+        ),
+    ]
+    .into_iter()
+    .map(|(path, client)| {
+        let sample = measure(&client, addr, dur, windows);
+        eprintln!("ours, {path}, {n} services: {sample:?} {note}");
+        Row {
+            implementation: "ours",
+            path,
+            services: n,
+            sample,
+            note: note.to_string(),
+        }
+    })
+    .collect()
 }
 
 fn wait_until_count(agent: &Agent, want: usize) -> bool {

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cilium_loadbalancer::{Frontend, LbConfig};
-use hive::{BoxCell, Config, Invoke, Job, JobGroup, Module};
+use hive::{BoxCell, Config, Invoke, JobGroup, Module};
 use serde::Serialize;
-use statedb::reconciler::{Reconciler, ReconcilerMetrics};
+use statedb::reconciler::ReconcilerMetrics;
 use statedb::{Db, Table};
 
 pub use api::LbMapApi;
@@ -135,26 +135,14 @@ fn start(
     ));
     let mut config = statedb::reconciler::Config::new(RECONCILER_NAME);
     config.metrics = metrics.map(|m| (*m).clone());
-    // The running reconciler's handle (replaced when the job restarts it), for `apply --wait`.
-    let handle = cilium_resources::ReconcilerSlot::default();
-    if let Some(resources) = resources {
-        resources.add_sync_waiter(
-            "the BPF load-balancer map reconciler",
-            cilium_resources::RANK_DATAPATH,
-            cilium_resources::reconciler_waiter((*db).clone(), (*table).clone(), handle.clone()),
-        );
-    }
-    jobs.add(Job::one_shot("reconciler", move |cancel, health| {
-        let (db, table, ops, config) =
-            ((*db).clone(), (*table).clone(), ops.clone(), config.clone());
-        let slot = handle.clone();
-        async move {
-            let (h, run) = Reconciler::new(config, db, table, ops, Arc::new(health), cancel)?;
-            *slot.lock() = Some(h);
-            run.await;
-            Ok(())
-        }
-    }));
+    cilium_resources::run_reconciler(
+        &jobs,
+        resources.as_deref(),
+        "the BPF load-balancer map reconciler",
+        ((*db).clone(), (*table).clone()),
+        ops,
+        config,
+    );
     Ok(())
 }
 

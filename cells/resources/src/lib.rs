@@ -41,7 +41,7 @@ pub use kinds::{
 pub use store::{DEFAULT_NAMESPACE, ObjectId, ResourceKind, Resources};
 pub use sync::{
     RANK_DATAPATH, RANK_TABLES, ReconcilerSlot, SyncFuture, SyncWaiter, SyncWaiters,
-    reconciler_waiter, revisions_waiter,
+    reconciler_waiter, revisions_waiter, run_reconciler,
 };
 
 /// Name of the state file inside `--state-dir`.

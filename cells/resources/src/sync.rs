@@ -138,6 +138,52 @@ pub fn revisions_waiter(
     })
 }
 
+/// Run a statedb reconciler of `table` with `ops` as the one-shot job "reconciler" of `jobs`
+/// and, when `resources` is given, register it as the `apply --wait` stage `stage` (rank
+/// [`RANK_DATAPATH`]). A restarted job replaces the handle the waiter uses.
+pub fn run_reconciler<T, O>(
+    jobs: &hive::JobGroup,
+    resources: Option<&crate::Resources>,
+    stage: &'static str,
+    (db, table): (statedb::Db, statedb::Table<T>),
+    ops: Arc<O>,
+    config: statedb::reconciler::Config,
+) where
+    T: statedb::reconciler::Reconcilable,
+    O: statedb::reconciler::Operations<T>,
+{
+    let slot = ReconcilerSlot::default();
+    if let Some(resources) = resources {
+        resources.add_sync_waiter(
+            stage,
+            RANK_DATAPATH,
+            reconciler_waiter(db.clone(), table.clone(), slot.clone()),
+        );
+    }
+    jobs.add(hive::Job::one_shot("reconciler", move |cancel, health| {
+        let (db, table, ops, config, slot) = (
+            db.clone(),
+            table.clone(),
+            ops.clone(),
+            config.clone(),
+            slot.clone(),
+        );
+        async move {
+            let (h, run) = statedb::reconciler::Reconciler::new(
+                config,
+                db,
+                table,
+                ops,
+                Arc::new(health),
+                cancel,
+            )?;
+            *slot.lock() = Some(h);
+            run.await;
+            Ok(())
+        }
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
