@@ -510,10 +510,13 @@ impl Resources {
         }
         let mut errors = Vec::new();
         let resolved = self.resolve(&mut docs, &mut errors);
+        let outcomes = parse_all(&docs, &resolved);
         let mut pending = Vec::new();
-        for (doc, r) in docs.iter().zip(resolved) {
-            let Some((kind, id)) = r else { continue };
-            match kind.parse(doc) {
+        for ((doc, r), outcome) in docs.iter().zip(resolved).zip(outcomes) {
+            let (Some((kind, id)), Some(outcome)) = (r, outcome) else {
+                continue;
+            };
+            match outcome {
                 Ok(object) => pending.push(Pending { kind, id, object }),
                 Err(errs) => errors.extend(errs.into_iter().map(|e| DocumentError {
                     label: doc.label.clone(),
@@ -673,6 +676,46 @@ impl Resources {
             h.ok(counts.join(", "));
         }
     }
+}
+
+/// Files with at least this many documents are parsed on several threads.
+pub(crate) const PARALLEL_PARSE_MIN: usize = 2000;
+
+/// What parsing one document gave (`None`: not routed to a kind).
+type ParseOutcome = Option<Result<Box<dyn Any + Send>, Vec<FieldError>>>;
+
+/// The kind and id a document was routed to (`None`: routing failed).
+type Routed = Option<(Arc<dyn ErasedKind>, ObjectId)>;
+
+/// Parse every routed document with its kind, in file order. Large files are split into one
+/// contiguous chunk per CPU (documents are independent; the result order is kept).
+fn parse_all(docs: &[Document], resolved: &[Routed]) -> Vec<ParseOutcome> {
+    let one = |(doc, r): (&Document, &Routed)| r.as_ref().map(|(kind, _)| kind.parse(doc));
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if docs.len() < PARALLEL_PARSE_MIN || threads < 2 {
+        return docs.iter().zip(resolved).map(one).collect();
+    }
+    let chunk = docs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = docs
+            .chunks(chunk)
+            .zip(resolved.chunks(chunk))
+            .map(|(d, r)| scope.spawn(move || d.iter().zip(r).map(one).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::with_capacity(docs.len());
+        for (h, (d, r)) in handles
+            .into_iter()
+            .zip(docs.chunks(chunk).zip(resolved.chunks(chunk)))
+        {
+            // A panicking parser is a bug; parse that chunk again here so it surfaces in this
+            // thread with its own message instead of being lost.
+            match h.join() {
+                Ok(part) => out.extend(part),
+                Err(_) => out.extend(d.iter().zip(r).map(one)),
+            }
+        }
+        out
+    })
 }
 
 /// Up to this many changes of one apply/delete are logged one by one at info level; beyond it

@@ -598,3 +598,39 @@ async fn routes_answer_with_the_documented_shapes() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v[0]["action"], "not-found");
 }
+
+/// Files large enough to be parsed on several threads keep file order in results and errors,
+/// stay all-or-nothing, and survive a restart.
+#[test]
+fn a_large_file_is_parsed_in_parallel_in_file_order() {
+    let f = Fixture::new();
+    let a = f.agent();
+    let n = 2 * super::store::PARALLEL_PARSE_MIN + 1;
+    let doc = |i: usize, port: u32| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}}}\nspec: {{containers: [{{ports: [{{containerPort: {port}}}]}}]}}\n"
+        )
+    };
+    // Bad ports in the first, a middle and the last document: three errors in file order.
+    let bad = [0, n / 2, n - 1];
+    let file: String = (0..n)
+        .map(|i| doc(i, if bad.contains(&i) { 0 } else { 80 }))
+        .collect();
+    let errs = invalid(a.res.apply(&file).unwrap_err());
+    let docs: Vec<usize> = errs.iter().map(|e| e.document).collect();
+    assert_eq!(docs, bad.iter().map(|i| i + 1).collect::<Vec<_>>());
+    assert!(a.pods.is_empty(&a.db.read_txn()));
+
+    let file: String = (0..n).map(|i| doc(i, 80)).collect();
+    let changes = a.res.apply(&file).unwrap();
+    assert_eq!(changes.len(), n);
+    assert!(
+        changes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.name == format!("p{i}"))
+    );
+    assert_eq!(a.pods.len(&a.db.read_txn()), n);
+    let b = f.agent();
+    assert_eq!(b.pods.len(&b.db.read_txn()), n);
+}
