@@ -51,3 +51,50 @@ pub fn print_table(title: &str, baseline_name: &str, rows: &[Row]) {
     }
     println!();
 }
+
+/// The machine, for table headers: CPU model, cores, kernel.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replace the section between `<!-- NAME:start -->` and `<!-- NAME:end -->` of
+/// docs/performance.md with `section` (appended when the markers are missing).
+pub fn write_doc(name: &str, section: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
+    let start = format!("<!-- {name}:start -->");
+    let end = format!("<!-- {name}:end -->");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Performance\n\nFigures measured by the programs of `bench/` (`make bench`); every ratio is against a baseline measured in the same run on the same machine.\n\n".to_string()
+    });
+    let block = format!("{start}\n{section}{end}\n");
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!(
+            "{}{block}{}",
+            &old[..a],
+            &old[b + end.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n\n{block}", old.trim_end()),
+    };
+    match std::fs::write(&path, new) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}

@@ -798,47 +798,6 @@ fn run_iptables(counts: &[usize], dur: Duration, windows: u32) -> Vec<Row> {
     rows
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn write_doc(section: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
-    let start = "<!-- bench-lb:start -->";
-    let end = "<!-- bench-lb:end -->";
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n\n".to_string());
-    let block = format!("{start}\n{section}{end}\n");
-    let new = match (old.find(start), old.find(end)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{block}{}",
-            &old[..a],
-            &old[b + end.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n\n{block}", old.trim_end()),
-    };
-    match std::fs::write(&path, new) {
-        Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
-    }
-}
-
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
@@ -895,8 +854,8 @@ fn main() {
         .unwrap_or_default();
     let mut t = format!(
         "## Load balancing (bench-lb)\n\nMeasured {} on {}{}; iptables baseline with `{flavour}`. One measured ClusterIP with 10 pod backends beside 0 / {} / {} other services of 10 backends each; new-connection rate = connect + read to EOF + close in a loop from one process in the client pod, best of {windows} {} ms windows; connect latency p50/p99 of that window.\n\n",
-        today(),
-        machine(),
+        cilium_bench::today(),
+        cilium_bench::machine(),
         if quick { " (quick run)" } else { "" },
         counts.get(1).copied().unwrap_or(lo).saturating_sub(1),
         hi.saturating_sub(1),
@@ -979,6 +938,6 @@ fn main() {
     if quick {
         println!("(quick run: docs/performance.md left as it was)");
     } else {
-        write_doc(&t);
+        cilium_bench::write_doc("bench-lb", &t);
     }
 }

@@ -17,7 +17,6 @@
 
 use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cilium_e2e::model::{ctl_apply, enter_netns, pod_yaml, run_in_netns};
@@ -245,51 +244,6 @@ struct Scenario {
     note: String,
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn write_doc(section: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
-    let start = "<!-- bench-policy:start -->";
-    let end = "<!-- bench-policy:end -->";
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Performance\n\nFigures measured by the programs of `bench/` (`make bench`); every ratio is against a baseline measured in the same run on the same machine.\n\n".to_string()
-    });
-    let block = format!("{start}\n{section}{end}\n");
-    let new = match (old.find(start), old.find(end)) {
-        (Some(a), Some(b)) if b > a => {
-            format!(
-                "{}{block}{}",
-                &old[..a],
-                &old[b + end.len()..].trim_start_matches('\n')
-            )
-        }
-        _ => format!("{}\n{block}", old.trim_end()),
-    };
-    match std::fs::write(&path, new) {
-        Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
-    }
-}
-
 fn main() {
     if let Err(why) = privileged() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -458,8 +412,8 @@ fn main() {
     let mut t = String::new();
     t.push_str(&format!(
         "## Policy (bench-policy)\n\nMeasured {} on {}. Two pods on one node through the real agent and cilium-cni; connection rate = TCP connect + read to EOF + close in a loop from one thread in pod A to pod B, best of three 1 s windows; throughput = `iperf3 -t 5`. Ratios are against the no-policy row of the same run (goal: ≥ 0.95× at 10,000 rules).\n\n",
-        today(),
-        machine()
+        cilium_bench::today(),
+        cilium_bench::machine()
     ));
     t.push_str("| scenario | conn/s | ratio | throughput | ratio | B's policy entries | notes |\n|---|---:|---:|---:|---:|---:|---|\n");
     for s in &scenarios {
@@ -508,7 +462,7 @@ fn main() {
     if quick {
         println!("(quick run: docs/performance.md left as it was)");
     } else {
-        write_doc(&t);
+        cilium_bench::write_doc("bench-policy", &t);
     }
 }
 
