@@ -226,8 +226,38 @@ impl<K: Pod, V: Pod> TypedMap<K, V> {
     }
 
     /// Inserts many entries: one `BPF_MAP_UPDATE_BATCH` per chunk, falling back to single
-    /// updates when the kernel does not batch this map type.
-    pub fn insert_many(&self, entries: &[(K, V)]) -> Result<()> {
+    /// updates when the kernel does not batch this map type. Above [`PARALLEL_MIN`] entries
+    /// the chunks are shared out to one thread per CPU (the kernel locks hash maps per
+    /// bucket, so the updates run side by side); the call returns when all are in, or the
+    /// first error.
+    pub fn insert_many(&self, entries: &[(K, V)]) -> Result<()>
+    where
+        K: Sync,
+        V: Sync,
+    {
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        if entries.len() < PARALLEL_MIN || threads < 2 {
+            return self.insert_chunks(entries);
+        }
+        let part = entries.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = entries
+                .chunks(part)
+                .map(|p| scope.spawn(move || self.insert_chunks(p)))
+                .collect();
+            let mut result = Ok(());
+            for h in handles {
+                // A panic while writing is a bug: carry it on here.
+                let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result
+        })
+    }
+
+    fn insert_chunks(&self, entries: &[(K, V)]) -> Result<()> {
         for chunk in entries.chunks(BATCH_CHUNK) {
             if self.insert_batch(chunk).is_err() {
                 for (k, v) in chunk {
@@ -257,6 +287,9 @@ impl<K: Pod, V: Pod> TypedMap<K, V> {
 
 /// Entries per `BPF_MAP_UPDATE_BATCH` call.
 const BATCH_CHUNK: usize = 4096;
+
+/// [`TypedMap::insert_many`] writes at least this many entries on several threads.
+const PARALLEL_MIN: usize = 2 * BATCH_CHUNK;
 
 fn check_size(map: &'static str, what: &'static str, got: u32, expected: usize) -> Result<()> {
     let got = got as usize;

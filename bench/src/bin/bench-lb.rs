@@ -20,7 +20,6 @@
 //! Prints a markdown table and writes it into docs/performance.md between the `bench-lb`
 //! markers. `BENCH_LB_QUICK=1`: 1/100/1,000 services, short windows, the doc left alone.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -372,19 +371,55 @@ struct Sample {
 /// rows measured after a warm-up compare the number of services, not the time since start.
 const WARM_UP_SECS: u64 = 20;
 
+/// Connection loops of the parallel measurement: `BENCH_LB_LOOPS`, default two per CPU, so
+/// that the rate is bound by the CPU each connection costs rather than by the wake-ups of
+/// one loop waiting for each reply.
+fn loops() -> usize {
+    std::env::var("BENCH_LB_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+}
+
 /// Run `lb-client rate` for [`WARM_UP_SECS`] without keeping the result.
 fn warm_up(client: &Client<'_>, addr: &str) {
     let _ = client
-        .command(&["rate", addr, &(WARM_UP_SECS * 1000).to_string()])
+        .command(&[
+            "rate",
+            addr,
+            &(WARM_UP_SECS * 1000).to_string(),
+            &loops().to_string(),
+        ])
         .output();
 }
 
-/// Best of `windows` windows of `lb-client rate`.
-fn measure(client: &Client<'_>, addr: &str, dur: Duration, windows: u32) -> Sample {
+/// Both measurements of one row: one connection loop, and [`loops`] loops.
+fn measure(client: &Client<'_>, addr: &str, dur: Duration, windows: u32) -> (Sample, Sample) {
+    (
+        measure_loops(client, addr, dur, windows, 1),
+        measure_loops(client, addr, dur, windows, loops()),
+    )
+}
+
+/// Best of `windows` windows of `lb-client rate` with `loops` connection loops.
+fn measure_loops(
+    client: &Client<'_>,
+    addr: &str,
+    dur: Duration,
+    windows: u32,
+    loops: usize,
+) -> Sample {
     let mut best = Sample::default();
     for _ in 0..windows {
         let out = client
-            .command(&["rate", addr, &dur.as_millis().to_string()])
+            .command(&[
+                "rate",
+                addr,
+                &dur.as_millis().to_string(),
+                &loops.to_string(),
+            ])
             .output();
         let Ok(out) = out else { continue };
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -415,7 +450,10 @@ struct Row {
     implementation: &'static str,
     path: &'static str,
     services: usize,
+    /// One connection loop: rate and connect latency.
     sample: Sample,
+    /// [`loops`] connection loops: rate.
+    par: Sample,
     note: String,
 }
 
@@ -619,6 +657,19 @@ fn run_ours(
             &all,
         );
         let took = t0.elapsed();
+        // The agent's own per-stage breakdown of this run.
+        let log = agent.log_text();
+        let stages: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("apply done")
+                    || l.contains("applied objects are in the datapath")
+                    || l.contains("conntrack GC pass done")
+            })
+            .collect();
+        for line in stages.iter().rev().take(4).rev() {
+            eprintln!("control plane run {run}: {line}");
+        }
         if !out.status.success() {
             notes.push(format!(
                 "apply --wait failed: {}",
@@ -696,13 +747,14 @@ fn measure_ours(
     ]
     .into_iter()
     .map(|(path, client)| {
-        let sample = measure(&client, addr, dur, windows);
-        eprintln!("ours, {path}, {n} services: {sample:?} {note}");
+        let (sample, par) = measure(&client, addr, dur, windows);
+        eprintln!("ours, {path}, {n} services: {sample:?} {par:?} {note}");
         Row {
             implementation: "ours",
             path,
             services: n,
             sample,
+            par,
             note: note.to_string(),
         }
     })
@@ -785,13 +837,14 @@ fn run_iptables(counts: &[usize], dur: Duration, windows: u32) -> Vec<Row> {
         if k == 0 {
             warm_up(&client, &addr);
         }
-        let sample = measure(&client, &addr, dur, windows);
-        eprintln!("iptables, {n} services: {sample:?} {note}");
+        let (sample, par) = measure(&client, &addr, dur, windows);
+        eprintln!("iptables, {n} services: {sample:?} {par:?} {note}");
         rows.push(Row {
             implementation: "kube-proxy iptables",
             path: "netfilter DNAT (client in the pod)",
             services: n,
             sample,
+            par,
             note,
         });
     }
@@ -830,7 +883,11 @@ fn main() {
     let windows = 3;
     let _ = enable_forwarding();
     let started = Instant::now();
-    let total = if quick { 1000 } else { 10_000 };
+    // BENCH_LB_TOTAL: services of the control-plane measurement (default 10,000; 1,000 quick).
+    let total = std::env::var("BENCH_LB_TOTAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1000 } else { 10_000 });
     let only_iptables = std::env::var_os("BENCH_LB_ONLY_IPTABLES").is_some();
     let (mut rows, cp) = if only_iptables {
         (Vec::new(), (None, "not run".to_string()))
@@ -841,10 +898,10 @@ fn main() {
         rows.extend(run_iptables(&counts, dur, windows));
     }
 
-    let rate = |imp: &str, path_prefix: &str, n: usize| {
+    let rate = |imp: &str, path_prefix: &str, n: usize, par: bool| {
         rows.iter()
             .find(|r| r.implementation == imp && r.path.starts_with(path_prefix) && r.services == n)
-            .map(|r| r.sample.rate)
+            .map(|r| if par { r.par.rate } else { r.sample.rate })
     };
     let (lo, hi) = (counts[0], counts[counts.len() - 1]);
     let flavour = Command::new(ipt("iptables"))
@@ -852,8 +909,9 @@ fn main() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let loops = loops();
     let mut t = format!(
-        "## Load balancing (bench-lb)\n\nMeasured {} on {}{}; iptables baseline with `{flavour}`. One measured ClusterIP with 10 pod backends beside 0 / {} / {} other services of 10 backends each; new-connection rate = connect + read to EOF + close in a loop from one process in the client pod, best of {windows} {} ms windows; connect latency p50/p99 of that window.\n\n",
+        "## Load balancing (bench-lb)\n\nMeasured {} on {}{}; iptables baseline with `{flavour}`. One measured ClusterIP with 10 pod backends beside 0 / {} / {} other services of 10 backends each. New-connection rate = connect + read to EOF + close in a loop in the client pod, best of {windows} {} ms windows, measured twice: with one loop (bound by the wake-ups of a loop waiting for each reply; connect latency p50/p99 from this one) and with {loops} loops side by side (bound by the CPU each connection costs).\n\n",
         cilium_bench::today(),
         cilium_bench::machine(),
         if quick { " (quick run)" } else { "" },
@@ -861,72 +919,77 @@ fn main() {
         hi.saturating_sub(1),
         dur.as_millis()
     );
-    t.push_str("| implementation | path | services | conn/s | p50 connect | p99 connect | ratio to the same path at 1 service | notes |\n|---|---|---:|---:|---:|---:|---:|---|\n");
+    t.push_str(&format!("| implementation | path | services | conn/s, 1 loop | p50 connect | p99 connect | conn/s, {loops} loops | ratio to the same path at 1 service (1 loop / {loops} loops) | notes |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n"));
     for r in &rows {
         let base = rows
             .iter()
-            .find(|b| b.implementation == r.implementation && b.path == r.path && b.services == lo)
-            .map(|b| b.sample.rate);
+            .find(|b| b.implementation == r.implementation && b.path == r.path && b.services == lo);
         let mut note = r.note.clone();
-        if r.sample.failed > 0 {
-            note.push_str(&format!(
-                "; {} connects failed ({})",
-                r.sample.failed, r.sample.last_error
-            ));
+        let failed = r.sample.failed + r.par.failed;
+        if failed > 0 {
+            let last = if r.par.last_error.is_empty() {
+                &r.sample.last_error
+            } else {
+                &r.par.last_error
+            };
+            note.push_str(&format!("; {failed} connects failed ({last})"));
         }
         t.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} µs | {} µs | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} µs | {} µs | {:.0} | {} / {} | {} |\n",
             r.implementation,
             r.path,
             r.services,
             r.sample.rate,
             r.sample.p50_us,
             r.sample.p99_us,
-            ratio(Some(r.sample.rate), base),
+            r.par.rate,
+            ratio(Some(r.sample.rate), base.map(|b| b.sample.rate)),
+            ratio(Some(r.par.rate), base.map(|b| b.par.rate)),
             note.trim_start_matches("; ")
         ));
     }
-    let mut goals: BTreeMap<&str, String> = BTreeMap::new();
-    goals.insert(
-        "a",
+    let both = |a: &dyn Fn(bool) -> Option<f64>, b: &dyn Fn(bool) -> Option<f64>| {
         format!(
-            "| ours (socket LB) at {hi} / ours at {lo} | {} | ≥ 0.95x |\n",
-            ratio(rate("ours", "socket", hi), rate("ours", "socket", lo))
+            "{} | {}",
+            ratio(a(false), b(false)),
+            ratio(a(true), b(true))
+        )
+    };
+    let goals = [
+        (
+            format!("ours (socket LB) at {hi} / ours at {lo}"),
+            both(&|p| rate("ours", "socket", hi, p), &|p| {
+                rate("ours", "socket", lo, p)
+            }),
+            "≥ 0.95x",
         ),
-    );
-    goals.insert(
-        "b",
-        format!(
-            "| ours (per-packet) at {hi} / ours at {lo} | {} | ≥ 0.95x |\n",
-            ratio(
-                rate("ours", "per-packet", hi),
-                rate("ours", "per-packet", lo)
-            )
+        (
+            format!("ours (per-packet) at {hi} / ours at {lo}"),
+            both(&|p| rate("ours", "per-packet", hi, p), &|p| {
+                rate("ours", "per-packet", lo, p)
+            }),
+            "≥ 0.95x",
         ),
-    );
-    goals.insert(
-        "c",
-        format!(
-            "| ours (socket LB) at {hi} / iptables at {hi} | {} | ≥ 2x |\n",
-            ratio(
-                rate("ours", "socket", hi),
-                rate("kube-proxy iptables", "netfilter", hi)
-            )
+        (
+            format!("ours (socket LB) at {hi} / iptables at {hi}"),
+            both(&|p| rate("ours", "socket", hi, p), &|p| {
+                rate("kube-proxy iptables", "netfilter", hi, p)
+            }),
+            "≥ 2x",
         ),
-    );
-    goals.insert(
-        "d",
-        format!(
-            "| ours (per-packet) at {hi} / iptables at {hi} | {} | ≥ 2x |\n",
-            ratio(
-                rate("ours", "per-packet", hi),
-                rate("kube-proxy iptables", "netfilter", hi)
-            )
+        (
+            format!("ours (per-packet) at {hi} / iptables at {hi}"),
+            both(&|p| rate("ours", "per-packet", hi, p), &|p| {
+                rate("kube-proxy iptables", "netfilter", hi, p)
+            }),
+            "≥ 2x",
         ),
-    );
-    t.push_str("\n| ratio | value | goal |\n|---|---:|---|\n");
-    for g in goals.values() {
-        t.push_str(g);
+    ];
+    t.push_str(&format!(
+        "\n| ratio | 1 loop | {loops} loops | goal |\n|---|---:|---:|---|\n"
+    ));
+    for (what, value, goal) in goals {
+        t.push_str(&format!("| {what} | {value} | {goal} |\n"));
     }
     t.push_str(&format!(
         "\n| control plane | time | goal | notes |\n|---|---:|---|---|\n| {total} services × 10 backends in one `ciliumctl apply --wait` → all in the BPF services map | {} | ≤ 1 s (10,000) | {} |\n\nWhole run: {:.0} s.\n\n",

@@ -113,6 +113,10 @@ pub trait LbBackend: Send + Sync + 'static {
     fn remove_maglev(&self, id: u16) -> Result<(), cilium_bpf::Error>;
     /// Writes a reverse-NAT entry.
     fn write_revnat(&self, id: u16, v: Lb4RevNat) -> Result<(), cilium_bpf::Error>;
+    /// Writes many reverse-NAT entries.
+    fn write_revnats(&self, e: &[(u16, Lb4RevNat)]) -> Result<(), cilium_bpf::Error> {
+        e.iter().try_for_each(|(id, v)| self.write_revnat(*id, *v))
+    }
     /// Deletes a reverse-NAT entry (absent is fine).
     fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error>;
     /// Every service entry.
@@ -159,6 +163,21 @@ impl LbBackend for Arc<Datapath> {
             },
             &v,
         )
+    }
+    fn write_revnats(&self, e: &[(u16, Lb4RevNat)]) -> Result<(), cilium_bpf::Error> {
+        let entries: Vec<(Lb4RevNatKey, Lb4RevNat)> = e
+            .iter()
+            .map(|(id, v)| {
+                (
+                    Lb4RevNatKey {
+                        rev_nat_id: *id,
+                        pad: 0,
+                    },
+                    *v,
+                )
+            })
+            .collect();
+        self.maps().lb.revnat.insert_many(&entries)
     }
     fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error> {
         self.maps()
@@ -263,6 +282,9 @@ pub struct LbMapOps<B = Arc<Datapath>> {
     /// instead of once per frontend.
     deferred: Mutex<Option<Deferred>>,
 }
+
+/// Writes a whole batch of frontends at once ([`LbMapOps::apply_many`]).
+type WriteAll<S> = fn(&S, &[FrontendDesc]) -> Result<(), Error>;
 
 /// Work a batch defers to its end.
 #[derive(Debug, Default)]
@@ -410,103 +432,147 @@ impl<B: LbBackend> LbMapOps<B> {
 
     /// Writes one frontend (see the module docs for the order).
     pub fn apply(&self, d: &FrontendDesc) -> Result<(), Error> {
-        let key = d.key();
+        self.apply_many(std::slice::from_ref(d))
+    }
+
+    /// Writes several frontends, each in the order of the module docs, with one map call per
+    /// step for all of them: every backend, then every slot, the Maglev tables, the reverse
+    /// NAT entries, and only then the headers (a frontend switches over to its new slots only
+    /// once everything it points at is written), then the per-frontend clean-up. An error
+    /// names the first frontend; the caller retries frontend by frontend, which is
+    /// idempotent and names the one that fails.
+    fn apply_many(&self, ds: &[FrontendDesc]) -> Result<(), Error> {
+        let Some(first) = ds.first() else {
+            return Ok(());
+        };
+        let first = first.key();
         self.with_shadow(|shadow| {
-            let cur = shadow.remove(&key).unwrap_or_default();
-            let n = u16::try_from(d.backends.len()).unwrap_or(u16::MAX);
-            let backends: Vec<(u32, Lb4Backend)> = d
-                .backends
-                .iter()
-                .take(usize::from(n))
-                .map(|b| (b.id, backend_value(b, d.proto)))
-                .collect();
-            // 1. backends
-            self.backend
-                .write_backends(&backends)
-                .map_err(map_err("writing backends of", &key))?;
-            // 2. slots 1..=n
-            let slots: Vec<(Lb4Key, Lb4Service)> = backends
-                .iter()
-                .zip(1u16..)
-                .map(|((id, _), slot)| {
-                    (
+            let mut backends: Vec<(u32, Lb4Backend)> = Vec::new();
+            let mut slots: Vec<(Lb4Key, Lb4Service)> = Vec::new();
+            let mut revnats: Vec<(u16, Lb4RevNat)> = Vec::with_capacity(ds.len());
+            let mut headers: Vec<(Lb4Key, Lb4Service)> = Vec::with_capacity(ds.len());
+            let mut counts = Vec::with_capacity(ds.len());
+            for d in ds {
+                let n = u16::try_from(d.backends.len()).unwrap_or(u16::MAX);
+                for (b, slot) in d.backends.iter().take(usize::from(n)).zip(1u16..) {
+                    backends.push((b.id, backend_value(b, d.proto)));
+                    slots.push((
                         Lb4Key::new(d.address, d.port, d.proto, slot),
                         Lb4Service {
-                            backend_id: *id,
+                            backend_id: b.id,
                             rev_nat_id: d.service_id,
                             ..Default::default()
                         },
-                    )
-                })
-                .collect();
+                    ));
+                }
+                revnats.push((d.service_id, Lb4RevNat::new(d.address, d.port)));
+                headers.push((
+                    Lb4Key::new(d.address, d.port, d.proto, 0),
+                    self.header(d, n),
+                ));
+                counts.push(n);
+            }
+            // 1. backends
+            self.backend
+                .write_backends(&backends)
+                .map_err(map_err("writing backends of", &first))?;
+            // 2. slots 1..=n
             self.backend
                 .write_services(&slots)
-                .map_err(map_err("writing backend slots of", &key))?;
+                .map_err(map_err("writing backend slots of", &first))?;
             // 3. Maglev
-            let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
-            if self.algorithm == Algorithm::Maglev && !ids.is_empty() {
-                let table = maglev::table(&ids, self.maglev_size);
-                self.backend
-                    .set_maglev(d.service_id, &table)
-                    .map_err(map_err("writing the Maglev table of", &key))?;
-            } else {
-                self.backend
-                    .remove_maglev(d.service_id)
-                    .map_err(map_err("removing the Maglev table of", &key))?;
+            for (d, &n) in ds.iter().zip(&counts) {
+                let key = d.key();
+                if self.algorithm == Algorithm::Maglev && n > 0 {
+                    let ids: Vec<u32> = d
+                        .backends
+                        .iter()
+                        .take(usize::from(n))
+                        .map(|b| b.id)
+                        .collect();
+                    let table = maglev::table(&ids, self.maglev_size);
+                    self.backend
+                        .set_maglev(d.service_id, &table)
+                        .map_err(map_err("writing the Maglev table of", &key))?;
+                } else {
+                    self.backend
+                        .remove_maglev(d.service_id)
+                        .map_err(map_err("removing the Maglev table of", &key))?;
+                }
             }
             // 4. reverse NAT
             self.backend
-                .write_revnat(d.service_id, Lb4RevNat::new(d.address, d.port))
-                .map_err(map_err("writing reverse NAT of", &key))?;
-            // 5. header: the switch-over
+                .write_revnats(&revnats)
+                .map_err(map_err("writing reverse NAT of", &first))?;
+            // 5. headers: the switch-over
             self.backend
-                .write_services(&[(
-                    Lb4Key::new(d.address, d.port, d.proto, 0),
-                    self.header(d, n),
-                )])
-                .map_err(map_err("writing the header of", &key))?;
-            // 6. trim surplus slots
-            let old_n = u16::try_from(cur.backends.len()).unwrap_or(u16::MAX);
-            if old_n > n {
-                let surplus: Vec<Lb4Key> = (n + 1..=old_n)
-                    .map(|s| Lb4Key::new(d.address, d.port, d.proto, s))
-                    .collect();
-                self.backend
-                    .delete_services(&surplus)
-                    .map_err(map_err("trimming slots of", &key))?;
+                .write_services(&headers)
+                .map_err(map_err("writing the header of", &first))?;
+            for (d, &n) in ds.iter().zip(&counts) {
+                self.finish(shadow, d, n)?;
             }
-            if cur.service_id != 0 && cur.service_id != d.service_id {
-                self.backend
-                    .delete_revnat(cur.service_id)
-                    .map_err(map_err("deleting the old reverse NAT of", &key))?;
-                self.backend
-                    .remove_maglev(cur.service_id)
-                    .map_err(map_err("removing the old Maglev table of", &key))?;
-            }
-            // 7. flush flows of removed backends, delete orphans
-            let new_ids: BTreeSet<u32> = ids.iter().copied().collect();
-            let removed: Vec<u32> = cur
-                .backends
-                .iter()
-                .copied()
-                .filter(|id| !new_ids.contains(id))
-                .collect();
-            let mut addrs: BTreeMap<u32, Lb4Backend> = backends.iter().copied().collect();
-            for (id, v) in &cur.addrs {
-                addrs.entry(*id).or_insert(*v);
-            }
-            shadow.insert(
-                key,
-                Written {
-                    service_id: d.service_id,
-                    backends: ids,
-                    addrs: addrs.clone(),
-                },
-            );
-            self.forget_backends(shadow, &key, cur.service_id, &removed, &cur.addrs)?;
-            tracing::debug!(frontend = %fe_name(&key), service = %d.service, backends = n, removed = removed.len(), "frontend written");
             Ok(())
         })
+    }
+
+    /// Steps 6 and 7 of writing frontend `d` (now pointing at its `n` new slots): trim the
+    /// slots it no longer has, drop what an old service id left, forget removed backends.
+    fn finish(
+        &self,
+        shadow: &mut HashMap<FrontendKey, Written>,
+        d: &FrontendDesc,
+        n: u16,
+    ) -> Result<(), Error> {
+        let key = d.key();
+        let cur = shadow.remove(&key).unwrap_or_default();
+        // 6. trim surplus slots
+        let old_n = u16::try_from(cur.backends.len()).unwrap_or(u16::MAX);
+        if old_n > n {
+            let surplus: Vec<Lb4Key> = (n + 1..=old_n)
+                .map(|s| Lb4Key::new(d.address, d.port, d.proto, s))
+                .collect();
+            self.backend
+                .delete_services(&surplus)
+                .map_err(map_err("trimming slots of", &key))?;
+        }
+        if cur.service_id != 0 && cur.service_id != d.service_id {
+            self.backend
+                .delete_revnat(cur.service_id)
+                .map_err(map_err("deleting the old reverse NAT of", &key))?;
+            self.backend
+                .remove_maglev(cur.service_id)
+                .map_err(map_err("removing the old Maglev table of", &key))?;
+        }
+        // 7. flush flows of removed backends, delete orphans
+        let backends: Vec<(u32, Lb4Backend)> = d
+            .backends
+            .iter()
+            .take(usize::from(n))
+            .map(|b| (b.id, backend_value(b, d.proto)))
+            .collect();
+        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
+        let new_ids: BTreeSet<u32> = ids.iter().copied().collect();
+        let removed: Vec<u32> = cur
+            .backends
+            .iter()
+            .copied()
+            .filter(|id| !new_ids.contains(id))
+            .collect();
+        let mut addrs: BTreeMap<u32, Lb4Backend> = backends.into_iter().collect();
+        for (id, v) in &cur.addrs {
+            addrs.entry(*id).or_insert(*v);
+        }
+        shadow.insert(
+            key,
+            Written {
+                service_id: d.service_id,
+                backends: ids,
+                addrs: addrs.clone(),
+            },
+        );
+        self.forget_backends(shadow, &key, cur.service_id, &removed, &cur.addrs)?;
+        tracing::debug!(frontend = %fe_name(&key), service = %d.service, backends = n, removed = removed.len(), "frontend written");
+        Ok(())
     }
 
     fn forget_backends(
@@ -563,14 +629,31 @@ impl<B: LbBackend> LbMapOps<B> {
 
     /// Runs `each` over a batch with flushes deferred, then does them at once. If that
     /// fails, every entry of the batch is marked failed (retried; a retry is idempotent).
+    /// `all`, when given, first tries the whole batch at once; if it fails, `each` runs
+    /// entry by entry (idempotent) so every entry gets its own result.
     fn batch<T: FrontendSource>(
         &self,
         batch: &mut [BatchEntry<T, Error>],
         each: impl Fn(&Self, &FrontendDesc) -> Result<(), Error>,
+        all: Option<WriteAll<Self>>,
     ) {
         *self.deferred.lock() = Some(Deferred::default());
+        let together = all.is_some_and(|all| {
+            let ds: Vec<FrontendDesc> = batch.iter().map(|e| e.object.desc()).collect();
+            match all(self, &ds) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::debug!(error = %err, frontends = ds.len(), "batch write failed; writing frontend by frontend");
+                    false
+                }
+            }
+        });
         for e in batch.iter_mut() {
-            e.result = Some(each(self, &e.object.desc()));
+            e.result = Some(if together {
+                Ok(())
+            } else {
+                each(self, &e.object.desc())
+            });
         }
         let Some(d) = self.deferred.lock().take() else {
             return;
@@ -729,11 +812,11 @@ where
     }
 
     async fn update_batch(&self, _txn: &ReadTxn, batch: &mut [BatchEntry<T, Error>]) {
-        self.batch(batch, Self::apply);
+        self.batch(batch, Self::apply, Some(Self::apply_many));
     }
 
     async fn delete_batch(&self, _txn: &ReadTxn, batch: &mut [BatchEntry<T, Error>]) {
-        self.batch(batch, Self::remove);
+        self.batch(batch, Self::remove, None);
     }
 }
 
@@ -901,6 +984,46 @@ mod tests {
         );
         assert!(fake.services.lock().is_empty() && fake.backends.lock().is_empty());
         assert!(fake.revnat.lock().is_empty() && fake.maglev.lock().is_empty());
+    }
+
+    #[test]
+    fn a_batch_writes_each_step_once_for_all_its_frontends_headers_last() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        let mut other = fe(8, &[4, 5]);
+        other.port = 81;
+        ops.apply(&fe(7, &[1, 2, 3])).unwrap();
+        fake.log.lock().clear();
+        // :80 loses backend 3, :81 is new.
+        ops.apply_many(&[fe(7, &[1, 2]), other]).unwrap();
+        assert_eq!(
+            fake.log.lock().clone(),
+            vec![
+                "backends [1, 2, 4, 5]",
+                "slots [1, 2, 1, 2]",
+                "revnat 7",
+                "revnat 8",
+                "slots [0, 0]",
+                "del-slots [3]",
+                "flush 3",
+                "del-backends [3]"
+            ]
+        );
+        assert_eq!(fake.services.lock().len(), 6);
+        assert_eq!(
+            fake.backends.lock().keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 4, 5]
+        );
+        // The same state as writing them one by one.
+        let single = Arc::new(Fake::default());
+        let one = LbMapOps::new(single.clone(), Algorithm::Random, 251);
+        let mut other = fe(8, &[4, 5]);
+        other.port = 81;
+        one.apply(&fe(7, &[1, 2])).unwrap();
+        one.apply(&other).unwrap();
+        assert_eq!(*single.services.lock(), *fake.services.lock());
+        assert_eq!(*single.backends.lock(), *fake.backends.lock());
+        assert_eq!(*single.revnat.lock(), *fake.revnat.lock());
     }
 
     #[test]

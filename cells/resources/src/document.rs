@@ -56,6 +56,11 @@ impl Document {
 /// a `kind: List` whose `items` become documents. Empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, ResourcesError> {
     let trimmed = text.trim_start();
+    if trimmed.starts_with('{')
+        && let Some(docs) = parse_large_json_list(text)
+    {
+        return Ok(docs);
+    }
     let mut raw: Vec<Value> = Vec::new();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let v: Value = serde_json::from_str(text).map_err(|e| ResourcesError::Syntax {
@@ -105,6 +110,34 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ResourcesError> {
         }
     }
     Ok(docs)
+}
+
+/// The top level of a JSON `kind: List`, its items left as text.
+#[derive(serde::Deserialize)]
+struct RawList<'a> {
+    #[serde(borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+/// A JSON `kind: List` of at least [`crate::store::PARALLEL_PARSE_MIN`] items, its items
+/// parsed on every CPU (the top level is only scanned here). `None` for anything else, and
+/// for a file with an error, so that the one-thread path reports it in its own words.
+fn parse_large_json_list(text: &str) -> Option<Vec<Document>> {
+    let list: RawList<'_> = serde_json::from_str(text).ok()?;
+    let items = list.items?;
+    if list.kind.as_deref() != Some("List") || items.len() < crate::store::PARALLEL_PARSE_MIN {
+        return None;
+    }
+    let values = crate::par::par_map(&items, crate::store::PARALLEL_PARSE_MIN, |raw| {
+        serde_json::from_str::<Value>(raw.get()).ok()
+    });
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(j, v)| Some(Document::new(format!("document 1 items[{j}]"), 1, v?)))
+        .collect()
 }
 
 /// A problem with one field of a document.

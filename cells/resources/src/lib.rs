@@ -18,6 +18,7 @@ pub mod api;
 mod document;
 mod error;
 mod kinds;
+mod par;
 mod store;
 mod sync;
 

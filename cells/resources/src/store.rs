@@ -687,34 +687,12 @@ type ParseOutcome = Option<Result<Box<dyn Any + Send>, Vec<FieldError>>>;
 /// The kind and id a document was routed to (`None`: routing failed).
 type Routed = Option<(Arc<dyn ErasedKind>, ObjectId)>;
 
-/// Parse every routed document with its kind, in file order. Large files are split into one
-/// contiguous chunk per CPU (documents are independent; the result order is kept).
+/// Parse every routed document with its kind, in file order (large files on every CPU;
+/// documents are independent).
 fn parse_all(docs: &[Document], resolved: &[Routed]) -> Vec<ParseOutcome> {
-    let one = |(doc, r): (&Document, &Routed)| r.as_ref().map(|(kind, _)| kind.parse(doc));
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    if docs.len() < PARALLEL_PARSE_MIN || threads < 2 {
-        return docs.iter().zip(resolved).map(one).collect();
-    }
-    let chunk = docs.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = docs
-            .chunks(chunk)
-            .zip(resolved.chunks(chunk))
-            .map(|(d, r)| scope.spawn(move || d.iter().zip(r).map(one).collect::<Vec<_>>()))
-            .collect();
-        let mut out = Vec::with_capacity(docs.len());
-        for (h, (d, r)) in handles
-            .into_iter()
-            .zip(docs.chunks(chunk).zip(resolved.chunks(chunk)))
-        {
-            // A panicking parser is a bug; parse that chunk again here so it surfaces in this
-            // thread with its own message instead of being lost.
-            match h.join() {
-                Ok(part) => out.extend(part),
-                Err(_) => out.extend(d.iter().zip(r).map(one)),
-            }
-        }
-        out
+    let pairs: Vec<(&Document, &Routed)> = docs.iter().zip(resolved).collect();
+    crate::par::par_map(&pairs, PARALLEL_PARSE_MIN, |(doc, r)| {
+        r.as_ref().map(|(kind, _)| kind.parse(doc))
     })
 }
 

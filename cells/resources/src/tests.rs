@@ -634,3 +634,45 @@ fn a_large_file_is_parsed_in_parallel_in_file_order() {
     let b = f.agent();
     assert_eq!(b.pods.len(&b.db.read_txn()), n);
 }
+
+/// A large JSON `kind: List` (items parsed on every CPU) gives the same documents, in the
+/// same order and with the same labels, as the one-thread path; a syntax error in it is still
+/// reported by the one-thread path with its position.
+#[test]
+fn a_large_json_list_splits_into_the_same_documents() {
+    let n = super::store::PARALLEL_PARSE_MIN + 7;
+    let item = |i: usize| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p{i}","namespace":"ns{}"}},"spec":{{"x":[{i},{{"y":null}}]}}}}"#,
+            i % 3
+        )
+    };
+    let items: Vec<String> = (0..n).map(item).collect();
+    let file = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+        items.join(",")
+    );
+    let docs = crate::parse_documents(&file).unwrap();
+    assert_eq!(docs.len(), n);
+    for (j, (d, text)) in docs.iter().zip(&items).enumerate() {
+        assert_eq!(d.label, format!("document 1 items[{j}]"));
+        assert_eq!(d.index, 1);
+        assert_eq!(d.name, format!("p{j}"));
+        assert_eq!(
+            d.namespace.as_deref(),
+            Some(format!("ns{}", j % 3).as_str())
+        );
+        assert_eq!(
+            d.value,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+    }
+    let broken = file.replacen(r#""name":"p5","#, r#""name":"p5""#, 1);
+    match crate::parse_documents(&broken) {
+        Err(ResourcesError::Syntax { document, reason }) => {
+            assert_eq!(document, 1);
+            assert!(reason.starts_with("invalid JSON:"), "{reason}");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}

@@ -7,7 +7,8 @@
 //! lb-client udp ADDR:PORT COUNT [TIMEOUT_MS]           one unconnected socket, COUNT datagrams
 //! lb-client udp-connected ADDR:PORT COUNT [TIMEOUT_MS] one connected socket, COUNT datagrams
 //! lb-client udp-stdin ADDR:PORT [TIMEOUT_MS]           one unconnected socket, a datagram per stdin line
-//! lb-client rate ADDR:PORT DURATION_MS                 connect + read to EOF + close in a loop; JSON
+//! lb-client rate ADDR:PORT DURATION_MS [LOOPS]         connect + read to EOF + close in a loop
+//!                                                      (LOOPS threads, default 1); JSON
 //! ```
 //!
 //! A result line is `ok TOKEN SEEN-CLIENT-IP REPLY-FROM` (REPLY-FROM: the peer as the socket
@@ -130,33 +131,62 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted.get(idx).copied().unwrap_or(0)
 }
 
-fn rate(addr: SocketAddr, dur: Duration) -> String {
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut lat = Vec::new();
-    let mut last_err = String::new();
+/// What one connection loop of `rate` saw.
+#[derive(Default)]
+struct RateLoop {
+    ok: u64,
+    failed: u64,
+    lat: Vec<u64>,
+    last_err: String,
+}
+
+fn rate_loop(addr: SocketAddr, dur: Duration, start: Instant) -> RateLoop {
+    let mut r = RateLoop::default();
     while start.elapsed() < dur {
         let t0 = Instant::now();
         match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             Ok(mut s) => {
-                lat.push(t0.elapsed().as_micros() as u64);
+                r.lat.push(t0.elapsed().as_micros() as u64);
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
-                ok += 1;
+                r.ok += 1;
             }
             Err(e) => {
-                failed += 1;
-                last_err = kind(&e);
+                r.failed += 1;
+                r.last_err = kind(&e);
             }
         }
     }
+    r
+}
+
+/// `loops` threads each connecting in a loop for `dur`; the summed rate and the latency
+/// percentiles over every connection.
+fn rate(addr: SocketAddr, dur: Duration, loops: usize) -> String {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..loops.max(1))
+        .map(|_| std::thread::spawn(move || rate_loop(addr, dur, start)))
+        .collect();
+    let mut all = RateLoop::default();
+    for h in handles {
+        let Ok(r) = h.join() else { continue };
+        all.ok += r.ok;
+        all.failed += r.failed;
+        all.lat.extend(r.lat);
+        if !r.last_err.is_empty() {
+            all.last_err = r.last_err;
+        }
+    }
     let secs = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
+    all.lat.sort_unstable();
     format!(
-        r#"{{"ok":{ok},"failed":{failed},"secs":{secs},"rate":{},"p50_us":{},"p99_us":{},"last_error":"{last_err}"}}"#,
-        ok as f64 / secs,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        r#"{{"ok":{},"failed":{},"secs":{secs},"rate":{},"p50_us":{},"p99_us":{},"last_error":"{}"}}"#,
+        all.ok,
+        all.failed,
+        all.ok as f64 / secs,
+        percentile(&all.lat, 0.5),
+        percentile(&all.lat, 0.99),
+        all.last_err
     )
 }
 
@@ -218,7 +248,8 @@ fn main() -> ExitCode {
             }
             "rate" => {
                 let a = addr()?;
-                println!("{}", rate(a, Duration::from_millis(num(2, 1000))));
+                let loops = usize::try_from(num(3, 1)).unwrap_or(1);
+                println!("{}", rate(a, Duration::from_millis(num(2, 1000)), loops));
             }
             other => {
                 return Err(format!(
