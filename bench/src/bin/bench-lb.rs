@@ -650,6 +650,7 @@ fn run_ours(
             notes.push("the extra services did not leave the BPF map".to_string());
             break;
         }
+        let seen = agent.log_text().lines().count();
         let t0 = Instant::now();
         let out = cilium_e2e::model::ctl_stdin(
             &agent,
@@ -661,13 +662,14 @@ fn run_ours(
         let log = agent.log_text();
         let stages: Vec<&str> = log
             .lines()
+            .skip(seen)
             .filter(|l| {
                 l.contains("apply done")
                     || l.contains("applied objects are in the datapath")
                     || l.contains("conntrack GC pass done")
             })
             .collect();
-        for line in stages.iter().rev().take(4).rev() {
+        for line in stages {
             eprintln!("control plane run {run}: {line}");
         }
         if !out.status.success() {

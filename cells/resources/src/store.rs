@@ -534,6 +534,15 @@ impl Resources {
             errors.sort_by_key(|e| e.document);
             return Err(ResourcesError::Invalid(errors));
         }
+        // Freeing the documents of a large file takes a while (tens of ms for 20,000): done on
+        // another thread, beside the write and the persist.
+        if docs.len() >= PARALLEL_PARSE_MIN {
+            let _ = std::thread::Builder::new()
+                .name("apply-free".into())
+                .spawn(move || drop(docs));
+        } else {
+            drop(docs);
+        }
         let validated = started.elapsed();
         let _w = self.write_lock.lock();
         let kinds: Vec<Arc<dyn ErasedKind>> = pending.iter().map(|p| p.kind.clone()).collect();
