@@ -13,10 +13,11 @@ use crate::output::{Format, Table, print_structured};
 pub enum PolicyAction {
     /// List an endpoint's policy map entries with the rule and packets of each.
     ///
-    /// Example: `ciliumctl bpf policy list 1234`
+    /// Example: `ciliumctl bpf policy list 1234` or `ciliumctl bpf policy list default/web`
     List {
-        /// Endpoint id (see `ciliumctl endpoint list`).
-        endpoint: u16,
+        /// Endpoint id, `cni:<container-id>:<ifname>`, or the pod as `NAMESPACE/NAME` (see
+        /// `ciliumctl endpoint list`).
+        endpoint: String,
     },
 }
 
@@ -83,6 +84,38 @@ pub fn render(p: &BpfPolicy) -> String {
     out
 }
 
+/// The id of the endpoint named by an id, a `cni:` key or a pod's `NAMESPACE/NAME`.
+async fn endpoint_id(client: &Client, name: &str) -> anyhow::Result<u16> {
+    if let Ok(id) = name.parse::<u16>() {
+        return Ok(id);
+    }
+    if name.starts_with("cni:") {
+        return Ok(client.endpoint_get(name).await?.id);
+    }
+    let ids: Vec<u16> = client
+        .endpoint_list()
+        .await?
+        .iter()
+        .filter(|ep| ep.pod.as_deref() == Some(name))
+        .map(|ep| ep.id)
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        [] => anyhow::bail!(
+            "no endpoint of pod {name:?}: give an endpoint id, a cni:<container-id>:<ifname> key \
+             or a pod as NAMESPACE/NAME (see `ciliumctl endpoint list`)"
+        ),
+        many => anyhow::bail!(
+            "pod {name:?} has {} endpoints ({}): give one of their ids",
+            many.len(),
+            many.iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Runs a `bpf policy` subcommand.
 pub async fn run(
     client: &Client,
@@ -90,7 +123,8 @@ pub async fn run(
     action: PolicyAction,
 ) -> anyhow::Result<ExitCode> {
     let PolicyAction::List { endpoint } = action;
-    let p = client.bpf_policy(endpoint).await?;
+    let id = endpoint_id(client, &endpoint).await?;
+    let p = client.bpf_policy(id).await?;
     if print_structured(format, &p)? {
         return Ok(ExitCode::SUCCESS);
     }

@@ -82,7 +82,9 @@ pub fn detail_table(ep: &Endpoint) -> Table {
         ("KEY", ep.key.clone()),
         ("POD", ep.pod.clone().unwrap_or_else(|| "-".into())),
         ("STATE", ep.state.clone()),
-        ("IPV4", format!("{}/{}", ep.ipv4, ep.prefix_len)),
+        // The pod's interface holds the address as a /32 (routes via the gateway);
+        // `prefix_len` is the pool's, which says nothing about this endpoint.
+        ("IPV4", ep.ipv4.to_string()),
         ("GATEWAY", ep.gateway.to_string()),
         ("IDENTITY", ep.identity.to_string()),
         ("LABELS", labels(ep)),
@@ -156,12 +158,14 @@ mod tests {
         let out = detail_table(&ep()).render();
         for s in [
             "cni:abc:eth0",
-            "10.200.0.2/16",
+            "10.200.0.2",
             "http=80/TCP",
             "ifindex 17",
             "/var/run/netns/x",
         ] {
             assert!(out.contains(s), "{out}");
         }
+        // The pool's prefix is not the endpoint's (its interface holds a /32).
+        assert!(!out.contains("10.200.0.2/16"), "{out}");
     }
 }

@@ -156,7 +156,12 @@ pub async fn get(
         }
     };
     if objects.is_empty() {
-        eprintln!("No {kind} found.");
+        // Like kubectl: the kind may have been typed as an alias (`ns`, `svc`), so it is not
+        // repeated here.
+        match namespace {
+            Some(ns) => eprintln!("No resources found in namespace {ns}."),
+            None => eprintln!("No resources found."),
+        }
     } else {
         print!("{}", table.render());
     }

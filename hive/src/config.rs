@@ -191,6 +191,13 @@ pub(crate) fn build_command(
     for (spec, _) in configs {
         cmd = (spec.augment)(cmd);
     }
+    // Each config's doc comment would otherwise become the command's description (the last
+    // one augmented wins, e.g. "Node-wide flags").
+    cmd = cmd.about(
+        "Flags of every cell; each flag can also be set in the --config file or as CILIUM_<FLAG> \
+         in the environment (defaults < file < environment < flags).",
+    );
+    cmd = cmd.long_about(None::<&str>);
     let ids: Vec<(String, String)> = cmd
         .get_arguments()
         .filter(|a| a.get_long().is_some() && a.get_id() != CONFIG_FLAG)

@@ -373,6 +373,45 @@ fn render_report(reports: &[CaseReport], explain_note: &str, total: Duration) ->
     r
 }
 
+/// `ciliumctl bpf policy list` takes the pod as NAMESPACE/NAME as well as the endpoint id,
+/// and says which pod it does not know.
+fn check_bpf_policy_names(cluster: &Cluster<'_>) {
+    let key = &cluster.keys[0];
+    let out = cluster.agent.ctl(&["endpoint", "list", "-o", "json"]);
+    let eps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let id = eps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["pod"].as_str() == Some(key.as_str()))
+        .and_then(|e| e["id"].as_u64())
+        .unwrap_or_else(|| panic!("no endpoint of pod {key} in `endpoint list`: {eps}"));
+    let by_id = cluster
+        .agent
+        .ctl(&["bpf", "policy", "list", &id.to_string(), "-o", "json"]);
+    let by_name = cluster
+        .agent
+        .ctl(&["bpf", "policy", "list", key, "-o", "json"]);
+    assert!(
+        by_id.status.success() && by_name.status.success(),
+        "{by_id:?} {by_name:?}"
+    );
+    let id_of = |o: &std::process::Output| {
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()["endpoint_id"]
+            .clone()
+    };
+    assert_eq!(id_of(&by_name), serde_json::json!(id), "{by_name:?}");
+    assert_eq!(id_of(&by_id), id_of(&by_name));
+    let missing = cluster
+        .agent
+        .ctl(&["bpf", "policy", "list", "nowhere/nobody"]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && err.contains("nowhere/nobody"),
+        "{missing:?}"
+    );
+}
+
 #[test]
 fn policy_conformance_matrix() {
     if !require_privileges("policy_conformance_matrix") {
@@ -396,6 +435,7 @@ fn policy_conformance_matrix() {
         "model ready in {:.1}s (9 pods, full connectivity)",
         start.elapsed().as_secs_f64()
     );
+    check_bpf_policy_names(&cluster);
 
     let explain = cluster.explain_supported();
     let explain_note = match &explain {

@@ -50,7 +50,7 @@ pub fn measure(dp: &Datapath) -> Vec<MapPressure> {
     typed(m.ipcache.0.name(), m.ipcache.0.fill_ratio());
     typed(m.conntrack.tcp.name(), m.conntrack.tcp.fill_ratio());
     typed(m.conntrack.any.name(), m.conntrack.any.fill_ratio());
-    typed(m.config.0.name(), m.config.0.fill_ratio());
+    // `cilium_config_v1` is an array of one slot, always full: no pressure to report.
     let metrics = &m.metrics.0;
     out.push(MapPressure {
         map: "cilium_metrics_v1",

@@ -32,7 +32,7 @@ pub struct NodeConfig {
     #[arg(long = "node-ip", default_value = "")]
     pub node_ip: String,
     /// Native devices (NodePort, masquerade), comma-separated.
-    #[arg(long = "devices", value_delimiter = ',', default_value = "")]
+    #[arg(long = "devices", value_delimiter = ',')]
     pub devices: Vec<String>,
 }
 
@@ -110,4 +110,29 @@ pub fn cell() -> BoxCell {
             hive::Invoke::new(|_node: Arc<Node>| Ok(())),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_config(args: &[&str]) -> Arc<NodeConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let hive = hive::Hive::new(vec![cell()]);
+        let state = dir.path().display().to_string();
+        let mut argv = vec!["cilium-agent", "--state-dir", state.as_str()];
+        argv.extend_from_slice(args);
+        hive.populate_with_args(argv).unwrap();
+        hive.get::<NodeConfig>().unwrap().unwrap()
+    }
+
+    /// Without `--devices` the configuration shows no devices (not one empty name).
+    #[test]
+    fn devices_default_to_none_and_split_on_commas() {
+        assert!(node_config(&[]).devices.is_empty());
+        assert_eq!(
+            node_config(&["--devices", "eth0,eth1"]).devices,
+            ["eth0", "eth1"]
+        );
+    }
 }
