@@ -505,6 +505,8 @@ struct Cluster<'a> {
     /// an old duplicate to the backend (PAWS) and the SYN is dropped and retransmitted. That
     /// is an artifact of mixing the paths in one pod, not a cost of either path.
     packet_client: Pod<'a>,
+    /// The client of the bound row (straight to the backends), for the same reason.
+    direct_client: Pod<'a>,
     backends: Vec<Pod<'a>>,
     _servers: Vec<Bg>,
 }
@@ -532,6 +534,7 @@ fn cluster(agent: &Agent) -> Cluster<'_> {
     };
     let client = client_pod("client");
     let packet_client = client_pod("packet-client");
+    let direct_client = client_pod("direct-client");
     let backends: Vec<Pod<'_>> = (0..BACKENDS)
         .map(|j| Pod::add(agent, &format!("K8S_POD_NAMESPACE={NS};K8S_POD_NAME=b{j}")))
         .collect();
@@ -543,6 +546,7 @@ fn cluster(agent: &Agent) -> Cluster<'_> {
     Cluster {
         client,
         packet_client,
+        direct_client,
         backends,
         _servers: servers,
     }
@@ -633,6 +637,9 @@ fn run_ours(
             warm_up(&Client::pod_out(&c.packet_client), &addr);
         }
         rows.extend(measure_ours(&c, &cg, &addr, (dur, windows), n, &note));
+        if n == counts[0] {
+            rows.push(measure_direct(&c, &real, (dur, windows), n));
+        }
     }
 
     // Control plane: back to one service, then all `total` in one `apply --wait` (JSON, as
@@ -761,6 +768,36 @@ fn measure_ours(
         }
     })
     .collect()
+}
+
+/// Path of the bound row.
+const DIRECT: &str = "no service: straight to the backends' pod addresses";
+
+/// The bound of any service implementation on this datapath: the per-packet client
+/// connecting to the backend pods' own addresses in turn, so no translation happens anywhere
+/// (what remains is both pods' TCP, the veths and our pod-to-pod programs).
+fn measure_direct(
+    c: &Cluster<'_>,
+    real: &[Ipv4Addr],
+    (dur, windows): (Duration, u32),
+    n: usize,
+) -> Row {
+    let addrs: Vec<String> = real
+        .iter()
+        .map(|ip| format!("{ip}:{TARGET_PORT}"))
+        .collect();
+    let client = Client::pod_out(&c.direct_client);
+    warm_up(&client, &addrs.join(","));
+    let (sample, par) = measure(&client, &addrs.join(","), dur, windows);
+    eprintln!("direct: {sample:?} {par:?}");
+    Row {
+        implementation: "bound",
+        path: DIRECT,
+        services: n,
+        sample,
+        par,
+        note: "the most any service implementation could reach here".into(),
+    }
 }
 
 fn wait_until_count(agent: &Agent, want: usize) -> bool {
@@ -985,6 +1022,15 @@ fn main() {
                 rate("kube-proxy iptables", "netfilter", hi, p)
             }),
             "≥ 2x",
+        ),
+        (
+            format!(
+                "bound (no service) / iptables at {hi}: the most any implementation could reach"
+            ),
+            both(&|p| rate("bound", "no service", lo, p), &|p| {
+                rate("kube-proxy iptables", "netfilter", hi, p)
+            }),
+            "-",
         ),
     ];
     t.push_str(&format!(

@@ -7,8 +7,10 @@
 //! lb-client udp ADDR:PORT COUNT [TIMEOUT_MS]           one unconnected socket, COUNT datagrams
 //! lb-client udp-connected ADDR:PORT COUNT [TIMEOUT_MS] one connected socket, COUNT datagrams
 //! lb-client udp-stdin ADDR:PORT [TIMEOUT_MS]           one unconnected socket, a datagram per stdin line
-//! lb-client rate ADDR:PORT DURATION_MS [LOOPS]         connect + read to EOF + close in a loop
-//!                                                      (LOOPS threads, default 1); JSON
+//! lb-client rate ADDR:PORT[,ADDR:PORT...] DURATION_MS [LOOPS]
+//!                                                      connect + read to EOF + close in a loop
+//!                                                      (LOOPS threads, default 1; each connection
+//!                                                      to the next address); JSON
 //! ```
 //!
 //! A result line is `ok TOKEN SEEN-CLIENT-IP REPLY-FROM` (REPLY-FROM: the peer as the socket
@@ -140,11 +142,18 @@ struct RateLoop {
     last_err: String,
 }
 
-fn rate_loop(addr: SocketAddr, dur: Duration, start: Instant) -> RateLoop {
+/// Connections in a loop until `dur` after `start`, each to the next of `addrs` (starting
+/// at `first`).
+fn rate_loop(addrs: &[SocketAddr], first: usize, dur: Duration, start: Instant) -> RateLoop {
     let mut r = RateLoop::default();
+    let mut next = first;
     while start.elapsed() < dur {
+        let Some(addr) = addrs.get(next % addrs.len().max(1)) else {
+            break;
+        };
+        next += 1;
         let t0 = Instant::now();
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
             Ok(mut s) => {
                 r.lat.push(t0.elapsed().as_micros() as u64);
                 let mut buf = Vec::new();
@@ -162,10 +171,13 @@ fn rate_loop(addr: SocketAddr, dur: Duration, start: Instant) -> RateLoop {
 
 /// `loops` threads each connecting in a loop for `dur`; the summed rate and the latency
 /// percentiles over every connection.
-fn rate(addr: SocketAddr, dur: Duration, loops: usize) -> String {
+fn rate(addrs: &[SocketAddr], dur: Duration, loops: usize) -> String {
     let start = Instant::now();
     let handles: Vec<_> = (0..loops.max(1))
-        .map(|_| std::thread::spawn(move || rate_loop(addr, dur, start)))
+        .map(|i| {
+            let addrs = addrs.to_vec();
+            std::thread::spawn(move || rate_loop(&addrs, i, dur, start))
+        })
         .collect();
     let mut all = RateLoop::default();
     for h in handles {
@@ -247,9 +259,12 @@ fn main() -> ExitCode {
                 }
             }
             "rate" => {
-                let a = addr()?;
+                let a: Vec<SocketAddr> = arg(1)
+                    .split(',')
+                    .map(|a| a.parse().map_err(|e| format!("bad ADDR:PORT {a:?}: {e}")))
+                    .collect::<Result<_, _>>()?;
                 let loops = usize::try_from(num(3, 1)).unwrap_or(1);
-                println!("{}", rate(a, Duration::from_millis(num(2, 1000)), loops));
+                println!("{}", rate(&a, Duration::from_millis(num(2, 1000)), loops));
             }
             other => {
                 return Err(format!(
