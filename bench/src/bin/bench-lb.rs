@@ -4,7 +4,7 @@
 //! `lb-client serve`. One measured ClusterIP service has the 10 pods as backends; 0, 999 or
 //! 9,999 extra services with 10 (fake) backends each exist beside it. For every count it
 //! measures the new-connection rate (connect + read to EOF + close in a loop from one process
-//! in the client pod, best of three windows) and the connect latency (p50/p99 of that window):
+//! in the client pod, best of five windows) and the connect latency (p50/p99 of that window):
 //!
 //! - **ours**: the agent with the load balancer on; the client inside the agent's cgroup (socket
 //!   LB at connect) and outside it (per-packet DNAT at from-container);
@@ -919,7 +919,7 @@ fn main() {
         _ => vec![1, 1000, 10_000],
     };
     let dur = Duration::from_millis(if quick { 300 } else { 1000 });
-    let windows = 3;
+    let windows = 5;
     let _ = enable_forwarding();
     let started = Instant::now();
     // BENCH_LB_TOTAL: services of the control-plane measurement (default 10,000; 1,000 quick).
