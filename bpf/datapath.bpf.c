@@ -480,6 +480,7 @@ int cil_to_container(struct __sk_buff *ctx)
 	struct dp_config cfg;
 	struct pkt_info pkt = {};
 	struct endpoint_info *dst_ep;
+	struct ct_nat nat = {};
 	__u32 src_id, dst_id = 0;
 	__u16 ep_id = 0;
 	int ret, report = 0, status;
@@ -508,9 +509,18 @@ int cil_to_container(struct __sk_buff *ctx)
 		dst_id = dst_ep->sec_identity;
 	}
 
-	status = ct_lookup_create4(&pkt, src_id, &cfg, &report);
+	status = ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
 	if (status < 0)
 		return drop(ctx, &cfg, -status, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
+
+	/* Replies of a flow this pod sent to a service whose backend is not a pod of
+	 * this node (the host itself, or an address the host routes to): they come
+	 * through the host stack, so the reverse NAT happens here. */
+	if (status == CT_REPLY && (nat.flags & CT_F_SERVICE)) {
+		ret = lb4_rev_nat(ctx, &pkt, &nat);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
+	}
 
 	if (dst_ep && policy_check(ctx, &cfg, METRIC_DIR_INGRESS, ep_id, ep_id, src_id, dst_id,
 				   &pkt, status))

@@ -273,8 +273,22 @@ pub fn apply(agent: &Agent, yaml: &str) {
 
 /// Start `lb-client serve TOKEN` inside the pod, answering on `tcp` and `udp` ports.
 pub fn serve(pod: &Pod<'_>, token: &str, tcp: &[u16], udp: &[u16]) -> Bg {
+    serve_in(Some(&pod.netns), token, tcp, udp)
+}
+
+/// Start `lb-client serve TOKEN` in `netns` (None: the host), answering on `tcp` and `udp`
+/// ports of every address there.
+pub fn serve_in(netns: Option<&Netns>, token: &str, tcp: &[u16], udp: &[u16]) -> Bg {
     let join = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    let client = bin("lb-client");
+    let prog = bin("lb-client").display().to_string();
+    let cmd = |args: &[String]| {
+        let mut c = match netns {
+            Some(ns) => ns.cmd(&prog),
+            None => Command::new(&prog),
+        };
+        c.args(args);
+        c
+    };
     let mut args = vec!["serve".to_string(), token.to_string()];
     if !tcp.is_empty() {
         args.extend(["--tcp".to_string(), join(tcp)]);
@@ -282,22 +296,22 @@ pub fn serve(pod: &Pod<'_>, token: &str, tcp: &[u16], udp: &[u16]) -> Bg {
     if !udp.is_empty() {
         args.extend(["--udp".to_string(), join(udp)]);
     }
-    let bg = Bg::spawn(pod.netns.cmd(&client.display().to_string()).args(&args));
+    let bg = Bg::spawn(&mut cmd(&args));
+    let place = netns.map_or("the host".to_string(), |n| n.name.clone());
     // Wait until the sockets are bound (the listener answers locally).
-    let probe_port = tcp.first().copied();
-    if let Some(p) = probe_port {
+    if let Some(p) = tcp.first() {
+        let probe = [
+            "tcp".to_string(),
+            format!("127.0.0.1:{p}"),
+            "1".into(),
+            "500".into(),
+        ];
         let ok = crate::wait_until(Duration::from_secs(5), || {
-            let out = pod.exec(
-                &client.display().to_string(),
-                &["tcp", &format!("127.0.0.1:{p}"), "1", "500"],
-            );
-            String::from_utf8_lossy(&out.stdout).starts_with("ok ")
+            cmd(&probe)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("ok "))
         });
-        assert!(
-            ok,
-            "the server {token} in {} did not come up",
-            pod.netns.name
-        );
+        assert!(ok, "the server {token} in {place} did not come up");
     } else {
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use cilium_e2e::Pod;
 use cilium_e2e::services::{
-    Client, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, dump, eps, lb_args, require_lb,
-    serve, service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
+    Client, Outside, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, dump,
+    enable_forwarding, eps, lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml,
+    start_agent, tokens, wait_programmed,
 };
 
 const NS: &str = "default";
@@ -139,6 +140,110 @@ fn clusterip_tcp_and_udp_from_pods_and_from_the_host() {
             &["b1", "b2"],
             &udp_vip,
         );
+    }
+}
+
+/// The source address the host picks for packets to `dst` (`ip route get`).
+fn source_towards(dst: Ipv4Addr) -> Ipv4Addr {
+    let out = cilium_e2e::run_ok(std::process::Command::new("ip").args([
+        "-o",
+        "route",
+        "get",
+        &dst.to_string(),
+    ]));
+    let mut words = out.split_whitespace();
+    words
+        .by_ref()
+        .find(|w| *w == "src")
+        .and_then(|_| words.next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no source address in `ip route get {dst}`: {out}"))
+}
+
+/// Backends that are not pods of this node: a process of the host (like the `kubernetes`
+/// service's API server) and a machine outside (a namespace behind its own veth). The host
+/// routes the translated packets; the replies come back through the host stack into the
+/// client's veth, where the per-packet path must reverse-translate them (cil_to_container).
+#[test]
+fn backends_outside_the_pods_the_host_and_a_machine_outside() {
+    let Some(cg) = require_lb("backends_outside_the_pods_the_host_and_a_machine_outside") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.241.0.0/24",
+        &lb_args(&cg, "10.241.1.0/24", &["--node-name", NODE]),
+    );
+    let _fwd = enable_forwarding();
+    let c = pod(&agent, "client");
+    let outside = Outside::new(Ipv4Addr::new(10, 241, 200, 0));
+    // The host backend listens on the address the host itself uses towards the pod (its node
+    // address), as a host-network server would: an unconnected UDP server answers from that
+    // address, whatever address the datagram was sent to.
+    let host_ip = source_towards(c.ip);
+    // An unusual port: the server listens on every host address.
+    let _host = serve_in(None, "host", &[18_241], &[18_241]);
+    let _far = serve_in(Some(&outside.netns), "outside", &[8080], &[5353]);
+    let host_vip = Ipv4Addr::new(10, 241, 1, 10);
+    let far_vip = Ipv4Addr::new(10, 241, 1, 11);
+    let host_ports = [
+        SvcPort::tcp("http", 80, 18_241),
+        SvcPort::udp("dns", 53, 18_241),
+    ];
+    let far_ports = [
+        SvcPort::tcp("http", 80, 8080),
+        SvcPort::udp("dns", 53, 5353),
+    ];
+    apply(
+        &agent,
+        &format!(
+            "{}{}{}{}",
+            service_yaml(NS, "on-host", host_vip, &host_ports, ""),
+            slice("on-host", "on-host-1", &[host_ip], &host_ports),
+            service_yaml(NS, "far", far_vip, &far_ports, ""),
+            slice("far", "far-1", &[outside.peer_ip], &far_ports),
+        ),
+    );
+    for (fe, be) in [
+        (format!("{host_vip}:80/tcp"), eps(&[host_ip], 18_241)),
+        (format!("{host_vip}:53/udp"), eps(&[host_ip], 18_241)),
+        (format!("{far_vip}:80/tcp"), eps(&[outside.peer_ip], 8080)),
+        (format!("{far_vip}:53/udp"), eps(&[outside.peer_ip], 5353)),
+    ] {
+        wait_programmed(&agent, &fe, &be);
+    }
+    for client in [Client::pod_out(&c), Client::pod_in(&c, &cg)] {
+        let what = client.describe();
+        for (vip, token) in [(host_vip, "host"), (far_vip, "outside")] {
+            let tcp = format!("{vip}:80");
+            let first = client.tcp_until_ok(&tcp, Duration::from_secs(5));
+            assert_eq!(
+                first.token(),
+                Some(token),
+                "{what}: TCP to {tcp} (backend: {token}) never answered: {first:?}\n{}",
+                dump(&agent)
+            );
+            let replies = client.tcp(&tcp, 5, 2000);
+            check_replies(&format!("{what} TCP to {token}"), &replies, &[token], &tcp);
+            for r in &replies {
+                if let Reply::Ok { seen, .. } = r {
+                    assert_eq!(
+                        seen,
+                        &c.ip.to_string(),
+                        "{what}: the {token} backend saw {seen}, not the client pod's address"
+                    );
+                }
+            }
+            let udp = format!("{vip}:53");
+            let replies = client.udp(&udp, 5, 2000);
+            check_replies(&format!("{what} UDP to {token}"), &replies, &[token], &udp);
+            let replies = client.udp_connected(&udp, 5, 2000);
+            check_replies(
+                &format!("{what} connected UDP to {token}"),
+                &replies,
+                &[token],
+                &udp,
+            );
+        }
     }
 }
 
