@@ -17,6 +17,7 @@
 #include "lib/nat.h"
 #include "lib/metrics.h"
 #include "lib/policy.h"
+#include "lib/snat.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -549,7 +550,8 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	struct pkt_info pkt = {};
 	struct ct_nat nat = {};
 	struct endpoint_info *dst_ep;
-	__u32 src_id;
+	__u32 src_id, oif = 0;
+	__be32 node = 0;
 	int ret, report = 0, status;
 
 	if (eth_proto(ctx) != bpf_htons(ETH_P_IP))
@@ -558,6 +560,29 @@ int cil_from_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP)
 		return TC_ACT_OK;
+
+	/* A backend elsewhere answering a NodePort flow this node SNATed: back to
+	 * the client, then the service's reverse NAT, out of the client's device. */
+	ret = snat4_in(ctx, &pkt);
+	if (ret != 0) {
+		load_config(&cfg);
+		src_id = lookup_identity(pkt.saddr);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+		status = ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
+		if (status < 0)
+			return drop(ctx, &cfg, -status, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+		if (status != CT_REPLY || !(nat.flags & CT_F_NODEPORT) || !nat.aux)
+			return TC_ACT_OK; /* flow forgotten: the host stack decides */
+		ret = lb4_rev_nat(ctx, &pkt, &nat);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
+		emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, 0, 0,
+			   src_id, IDENTITY_WORLD, nat.aux, status, report);
+		return bpf_redirect_neigh(nat.aux, NULL, 0, 0);
+	}
+
 	if (!lb4_lookup_service(pkt.daddr, pkt.dport, pkt.proto))
 		return TC_ACT_OK;
 
@@ -598,7 +623,18 @@ int cil_from_netdev(struct __sk_buff *ctx)
 				    src_id);
 		return ret;
 	}
-	/* Backend outside the pods of this node: the host stack routes it. */
+	/* Backend elsewhere (routed through another host): SNAT to the node address
+	 * of the route towards it, so its replies come back here, and out of that
+	 * device. A backend that is the host itself goes to the host stack. */
+	if (snat4_route(ctx, &pkt, ctx->ifindex, &oif, &node)) {
+		ret = snat4_out(ctx, &pkt, node);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
+		emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, 0, 0,
+			   src_id, IDENTITY_WORLD, oif, status, report);
+		return bpf_redirect_neigh(oif, NULL, 0, 0);
+	}
 	return TC_ACT_OK;
 }
 

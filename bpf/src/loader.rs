@@ -340,6 +340,7 @@ impl Datapath {
             (&mut m.cilium_lb4_maglev_v1, names::LB_MAGLEV),
             (&mut m.cilium_lb4_sk_v1, names::LB_SK),
             (&mut m.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD),
+            (&mut m.cilium_snat4_v1, names::SNAT4),
             (&mut m.cilium_lb_config_v1, names::LB_CONFIG),
         ] {
             replace_incompatible_pin(map, &root.join(name));
@@ -412,6 +413,7 @@ impl Datapath {
                     names::LB_SK_FWD,
                     dup(&sm.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD)?,
                 )?,
+                snat: TypedMap::new(names::SNAT4, dup(&sm.cilium_snat4_v1, names::SNAT4)?)?,
                 config: TypedMap::new(
                     names::LB_CONFIG,
                     dup(&sm.cilium_lb_config_v1, names::LB_CONFIG)?,

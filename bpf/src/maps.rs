@@ -16,7 +16,7 @@ use crate::types::{
     CtEntry4, CtKey4, DpConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
     Lb4AffinityKey, Lb4AffinityVal, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service,
     Lb4SkFwdKey, Lb4SkFwdVal, Lb4SkKey, Lb4SkVal, LbConfig, MetricsKey, MetricsValue, Pod,
-    PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue,
+    PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue, Snat4Key, Snat4Val,
 };
 
 /// Pinned map names (file names under the bpf root).
@@ -55,6 +55,8 @@ pub mod names {
     pub const LB_SK: &str = "cilium_lb4_sk_v1";
     /// Unconnected-UDP socket backend choice (LRU).
     pub const LB_SK_FWD: &str = "cilium_lb4_sk_fwd_v1";
+    /// NodePort SNAT towards backends elsewhere (LRU, both directions).
+    pub const SNAT4: &str = "cilium_snat4_v1";
     /// Load-balancer runtime config.
     pub const LB_CONFIG: &str = "cilium_lb_config_v1";
     /// Every pinned map.
@@ -76,6 +78,7 @@ pub mod names {
         LB_MAGLEV,
         LB_SK,
         LB_SK_FWD,
+        SNAT4,
         LB_CONFIG,
     ];
 }
@@ -757,6 +760,8 @@ pub struct LbMaps {
     pub sk: TypedMap<Lb4SkKey, Lb4SkVal>,
     /// `cilium_lb4_sk_fwd_v1` (LRU): unconnected UDP socket → backend.
     pub sk_fwd: TypedMap<Lb4SkFwdKey, Lb4SkFwdVal>,
+    /// `cilium_snat4_v1` (LRU): NodePort SNAT towards backends elsewhere.
+    pub snat: TypedMap<Snat4Key, Snat4Val>,
     /// `cilium_lb_config_v1`.
     pub config: TypedMap<u32, LbConfig>,
 }
@@ -779,6 +784,7 @@ impl LbMaps {
             maglev,
             sk: TypedMap::open_pinned(root, names::LB_SK)?,
             sk_fwd: TypedMap::open_pinned(root, names::LB_SK_FWD)?,
+            snat: TypedMap::open_pinned(root, names::SNAT4)?,
             config: TypedMap::open_pinned(root, names::LB_CONFIG)?,
         })
     }

@@ -630,6 +630,45 @@ pub struct Lb4SkFwdVal {
     pub pad: u16,
 }
 
+/// Key of `cilium_snat4_v1` (`struct snat4_key`), 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Snat4Key {
+    /// Source address (network order).
+    pub saddr: u32,
+    /// Destination address (network order).
+    pub daddr: u32,
+    /// Source port (network order).
+    pub sport: u16,
+    /// Destination port (network order).
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`SNAT_DIR_OUT`] (the client's tuple towards the backend) or [`SNAT_DIR_IN`] (the
+    /// backend's reply to the node address and port).
+    pub dir: u8,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
+/// `snat4_key.dir` of the client → backend entry.
+pub const SNAT_DIR_OUT: u8 = 0;
+/// `snat4_key.dir` of the backend → node entry.
+pub const SNAT_DIR_IN: u8 = 1;
+
+/// Value of `cilium_snat4_v1` (`struct snat4_val`), 8 bytes: OUT → the node address and
+/// port the flow leaves with; IN → the client's address and port.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Snat4Val {
+    /// Address (network order).
+    pub address: u32,
+    /// Port (network order).
+    pub port: u16,
+    /// Padding, keep 0.
+    pub pad: u16,
+}
+
 /// Value of `cilium_lb_config_v1[0]` (`struct lb_config`), 16 bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -655,6 +694,8 @@ pod!(
     Lb4SkVal,
     Lb4SkFwdKey,
     Lb4SkFwdVal,
+    Snat4Key,
+    Snat4Val,
     LbConfig
 );
 
@@ -766,6 +807,12 @@ mod tests {
             c::lb4_sk_fwd_val,
             [backend_id, rev_nat_id, pad]
         );
+        same_layout!(
+            Snat4Key,
+            c::snat4_key,
+            [saddr, daddr, sport, dport, proto, dir, pad]
+        );
+        same_layout!(Snat4Val, c::snat4_val, [address, port, pad]);
         same_layout!(LbConfig, c::lb_config, [host_netns_cookie, flags, pad]);
         same_layout!(MetricsKey, c::metrics_key, [reason, dir, pad]);
         same_layout!(MetricsValue, c::metrics_value, [packets, bytes]);

@@ -93,5 +93,18 @@ pub async fn run_nat(client: &Client, format: Format) -> anyhow::Result<ExitCode
         ]);
     }
     print!("{}", f.render());
+    if !list.snat.is_empty() {
+        println!();
+        let mut s = Table::new(["PROTO", "CLIENT", "BACKEND", "SNAT TO (NODE)"]);
+        for r in &list.snat {
+            s.row([
+                r.protocol.clone(),
+                r.client.clone(),
+                r.backend.clone(),
+                r.node.clone(),
+            ]);
+        }
+        print!("{}", s.render());
+    }
     Ok(ExitCode::SUCCESS)
 }

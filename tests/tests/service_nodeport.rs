@@ -2,7 +2,8 @@
 //! the remote client; the agent's `--devices` is the host side of that pair, so its address is
 //! the node address NodePort frontends are made on. Also externalTrafficPolicy Local.
 //!
-//! Pod ranges 10.235.0.0/24 and 10.236.0.0/24; outside links 10.235.200.0/24, 10.236.200.0/24.
+//! Pod ranges 10.235.0.0/24, 10.236.0.0/24 and 10.242.0.0/24; outside links 10.235.200.0/24,
+//! 10.236.200.0/24, 10.242.200.0/24 and 10.242.201.0/24.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use cilium_e2e::services::{
     Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps, frontends, lb_args,
-    require_lb, serve, service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
+    require_lb, serve, serve_in, service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
 };
 use cilium_e2e::{Pod, wait_until};
 
@@ -183,5 +184,88 @@ fn external_traffic_policy_local_keeps_nodeport_on_local_backends() {
     assert!(
         kinds.iter().any(|k| k.ends_with("NodePort")),
         "no NodePort frontend listed: {kinds:?}"
+    );
+}
+
+/// NodePort towards a backend that is not on this node: a second outside namespace, behind a
+/// second device, plays a backend on another machine. The request leaves with the node's
+/// address towards that machine (SNAT), so the backend answers the node, which translates the
+/// reply back and returns it to the client from the NodePort frontend.
+#[test]
+fn nodeport_to_a_backend_elsewhere_is_source_natted() {
+    let Some(cg) = require_lb("nodeport_to_a_backend_elsewhere_is_source_natted") else {
+        return;
+    };
+    let client = Outside::new(Ipv4Addr::new(10, 242, 200, 0));
+    let far = Outside::new(Ipv4Addr::new(10, 242, 201, 0));
+    let _fwd = enable_forwarding();
+    let node = "e2e-snat";
+    let devices = format!("{},{}", client.host_if, far.host_if);
+    let agent = start_agent(
+        "10.242.0.0/24",
+        &lb_args(
+            &cg,
+            "10.242.1.0/24",
+            &["--node-name", node, "--devices", &devices],
+        ),
+    );
+    let _srv = serve_in(Some(&far.netns), "far", &[8080], &[]);
+    let vip = Ipv4Addr::new(10, 242, 1, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31242)];
+    let e = [SliceEp::ready(far.peer_ip, "other-node")];
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "snat", vip, &ports, "  type: NodePort\n"),
+            slice_yaml(NS, "snat", "snat-1", &e, &ports)
+        ),
+    );
+    let np = format!("{}:31242", client.host_ip);
+    wait_programmed(&agent, &format!("{np}/tcp"), &eps(&[far.peer_ip], 8080));
+
+    let first = outside_until_ok(&client, &np);
+    assert!(
+        first.token().is_some(),
+        "the outside client cannot reach NodePort {np} (backend {}:8080 elsewhere): {first:?}\n{}",
+        far.peer_ip,
+        dump(&agent)
+    );
+    let r = client.tcp(&np, 10, 2000);
+    for x in &r {
+        match x {
+            Reply::Ok {
+                token, seen, from, ..
+            } => {
+                assert_eq!(token, "far", "{r:?}");
+                assert_eq!(
+                    seen,
+                    &far.host_ip.to_string(),
+                    "the backend elsewhere must see the node's address towards it (SNAT), it \
+                     saw {seen}"
+                );
+                assert_eq!(from, &np, "the outside client's peer is {from}, not {np}");
+            }
+            Reply::Err(k) => panic!(
+                "a NodePort request to the backend elsewhere failed ({k}): {r:?}\n{}",
+                dump(&agent)
+            ),
+        }
+    }
+    // `bpf nat list` shows the translated flows with the node address they left with.
+    let nat = agent.ctl_json(&["bpf", "nat", "list"]);
+    let rows = nat["snat"].as_array().cloned().unwrap_or_default();
+    let backend = format!("{}:8080", far.peer_ip);
+    let node_prefix = format!("{}:", far.host_ip);
+    assert!(
+        rows.iter().any(|r| r["backend"] == backend.as_str()
+            && r["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("{}:", client.peer_ip)))
+            && r["node"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&node_prefix))),
+        "no SNAT entry {}:* -> {backend} via {node_prefix}* in `bpf nat list`: {nat}",
+        client.peer_ip
     );
 }

@@ -88,6 +88,19 @@ pub struct BpfNatFlow {
     pub flags: Vec<String>,
 }
 
+/// One NodePort flow source-NATed towards a backend elsewhere (`cilium_snat4_v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BpfSnatEntry {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The client's `addr:port`.
+    pub client: String,
+    /// Backend `addr:port`.
+    pub backend: String,
+    /// The node `addr:port` the flow leaves with (what the backend sees).
+    pub node: String,
+}
+
 /// `GET /v1/bpf/nat`: reverse NAT and the translated flows.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct BpfNatList {
@@ -95,4 +108,7 @@ pub struct BpfNatList {
     pub reverse_nat: Vec<BpfRevNatEntry>,
     /// Conntrack entries of translated flows.
     pub flows: Vec<BpfNatFlow>,
+    /// NodePort flows source-NATed towards backends that are not on this node.
+    #[serde(default)]
+    pub snat: Vec<BpfSnatEntry>,
 }

@@ -10,12 +10,13 @@ use axum::extract::{Query, State};
 use cilium_api::ApiError;
 use cilium_api::models::{
     BpfLbBackend, BpfLbList, BpfLbService, BpfLbSlot, BpfNatFlow, BpfNatList, BpfRevNatEntry,
+    BpfSnatEntry,
 };
 use cilium_bpf::types::{
     CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, SVC_F_AFFINITY,
     SVC_F_EXTERNAL, SVC_F_NO_BACKENDS,
 };
-use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service};
+use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SNAT_DIR_OUT};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -202,6 +203,21 @@ async fn bpf_nat(State(api): State<LbMapApi>) -> Result<Json<BpfNatList>, ApiErr
             });
         }
         flows.sort_by(|a, b| (&a.backend, &a.source).cmp(&(&b.backend, &b.source)));
+        // One row per flow, from its client → backend entry (the reply entry mirrors it).
+        let mut snat: Vec<BpfSnatEntry> = maps
+            .lb
+            .snat
+            .entries()?
+            .into_iter()
+            .filter(|(k, _)| k.dir == SNAT_DIR_OUT)
+            .map(|(k, v)| BpfSnatEntry {
+                protocol: proto_name(k.proto),
+                client: ep(net_addr(k.saddr), u16::from_be(k.sport)),
+                backend: ep(net_addr(k.daddr), u16::from_be(k.dport)),
+                node: ep(net_addr(v.address), u16::from_be(v.port)),
+            })
+            .collect();
+        snat.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
         Ok(BpfNatList {
             reverse_nat: revnat
                 .iter()
@@ -211,10 +227,16 @@ async fn bpf_nat(State(api): State<LbMapApi>) -> Result<Json<BpfNatList>, ApiErr
                 })
                 .collect(),
             flows,
+            snat,
         })
     })
     .await?;
     Ok(Json(list))
+}
+
+/// An address as the datapath stores it (network order in a native `u32`).
+fn net_addr(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
 }
 
 #[cfg(test)]
