@@ -638,6 +638,44 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	return TC_ACT_OK;
 }
 
+/*
+ * Host devices' egress (`--devices`, tcx egress): the replies of NodePort
+ * flows whose backend is the host itself (a host-network server). The request
+ * was DNATed at cil_from_netdev and delivered by the host stack; the host's
+ * reply leaves here and gets the frontend back as its source. A read-only
+ * conntrack lookup, so the host's own traffic is never tracked.
+ */
+SEC("tcx/egress")
+int cil_to_netdev(struct __sk_buff *ctx)
+{
+	struct dp_config cfg;
+	struct pkt_info pkt = {};
+	struct ct_entry4 *e;
+	struct ct_nat nat = {};
+	int ret;
+
+	if (eth_proto(ctx) != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (parse_ipv4(ctx, &pkt) < 0)
+		return TC_ACT_OK;
+	if (pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	e = ct_lookup_reply4(&pkt);
+	if (!e || !(e->flags & CT_F_NODEPORT))
+		return TC_ACT_OK;
+	nat.rev_nat_id = e->rev_nat_id;
+	nat.flags = e->flags & CT_F_NAT_MASK;
+	nat.aux = e->nat_aux;
+	__sync_fetch_and_add(&e->rx_packets, 1);
+	__sync_fetch_and_add(&e->rx_bytes, pkt.len);
+	ret = lb4_rev_nat(ctx, &pkt, &nat);
+	if (ret < 0) {
+		load_config(&cfg);
+		return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, 0, IDENTITY_HOST);
+	}
+	return TC_ACT_OK;
+}
+
 /* ---- Socket-level load balancing (cgroup v2 sock_addr hooks) ---- */
 
 #define ECONNREFUSED_ 111

@@ -291,6 +291,27 @@ static __always_inline int ct_service_create4(const struct pkt_info *pkt,
 	return 0;
 }
 
+/*
+ * Read-only: the entry @pkt is a reply of (its reverse tuple), or NULL when
+ * there is none or it expired. For hooks that must not track every packet.
+ */
+static __always_inline struct ct_entry4 *ct_lookup_reply4(const struct pkt_info *pkt)
+{
+	struct ct_key4 rev = {
+		.saddr = pkt->daddr,
+		.daddr = pkt->saddr,
+		.sport = pkt->dport,
+		.dport = pkt->sport,
+		.proto = pkt->proto,
+	};
+	struct ct_entry4 *e = bpf_map_lookup_elem(ct_map_for(pkt->proto), &rev);
+	__u32 now_s = (__u32)(now_boot_ns() / NSEC_PER_SEC);
+
+	if (!e || e->lifetime < now_s)
+		return NULL;
+	return e;
+}
+
 /* Removes the entry a dropped first packet created (so its "replies" get no pass). */
 static __always_inline void ct_delete4(const struct pkt_info *pkt)
 {

@@ -772,48 +772,45 @@ impl Datapath {
             .collect()
     }
 
-    /// Attaches `cil_from_netdev` (NodePort, tcx ingress) to host device `ifindex`, link
-    /// pinned at `<root>/lb/links/netdev_<ifindex>`; a pin of an earlier run on the same
-    /// device is updated in place. Needs tcx.
+    /// Attaches `cil_from_netdev` (NodePort, tcx ingress) and `cil_to_netdev` (replies of
+    /// host backends, tcx egress) to host device `ifindex`, links pinned at
+    /// `<root>/lb/links/netdev_<ifindex>` and `netdev_<ifindex>_egress`; pins of an earlier
+    /// run on the same device are updated in place (then `true`). Needs tcx.
     pub fn attach_netdev(&self, ifindex: u32, ifname: &str) -> Result<bool> {
         let dir = self.lb_links_dir();
         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-        let prog = &self.skel.progs.cil_from_netdev;
-        let pin = dir.join(format!("netdev_{ifindex}"));
-        let attach_err = |source| Error::Attach {
-            op: "attaching",
-            program: "cil_from_netdev",
-            ifname: ifname.to_string(),
-            ifindex,
-            mode: "tcx",
-            source,
-        };
-        if pin.exists() {
-            if let Ok(mut link) = Link::open(&pin) {
-                let same_device = matches!(
-                    link.info().map(|i| i.info),
-                    Ok(LinkTypeInfo::Tcx(t)) if t.ifindex == ifindex
-                );
-                if same_device {
-                    link.update_prog(prog).map_err(attach_err)?;
-                    return Ok(true);
-                }
-            }
-            fs::remove_file(&pin).map_err(io_err("removing stale link pin", &pin))?;
+        let progs = &self.skel.progs;
+        let mut updated = true;
+        for (prog, name, pin) in [
+            (
+                &progs.cil_from_netdev,
+                "cil_from_netdev",
+                netdev_pin(&dir, ifindex, false),
+            ),
+            (
+                &progs.cil_to_netdev,
+                "cil_to_netdev",
+                netdev_pin(&dir, ifindex, true),
+            ),
+        ] {
+            updated &= attach_netdev_prog(prog, name, &pin, ifindex, ifname)?;
         }
-        let mut link = sys::attach_tcx(prog, ifindex).map_err(attach_err)?;
-        link.pin(&pin).map_err(attach_err)?;
-        Ok(false)
+        Ok(updated)
     }
 
-    /// Detaches `cil_from_netdev` from `ifindex` and removes the pin.
+    /// Detaches both NodePort programs from `ifindex` and removes their pins.
     pub fn detach_netdev(&self, ifindex: u32) -> Result<()> {
-        let pin = self.lb_links_dir().join(format!("netdev_{ifindex}"));
-        if pin.exists() {
-            if let Ok(link) = Link::open(&pin) {
-                let _ = link.detach();
+        let dir = self.lb_links_dir();
+        for pin in [
+            netdev_pin(&dir, ifindex, false),
+            netdev_pin(&dir, ifindex, true),
+        ] {
+            if pin.exists() {
+                if let Ok(link) = Link::open(&pin) {
+                    let _ = link.detach();
+                }
+                fs::remove_file(&pin).map_err(io_err("removing link pin", &pin))?;
             }
-            fs::remove_file(&pin).map_err(io_err("removing link pin", &pin))?;
         }
         Ok(())
     }
@@ -836,6 +833,50 @@ impl Datapath {
         v.sort_unstable();
         v
     }
+}
+
+/// Pin of a NodePort program's link on `ifindex` (ingress or egress).
+fn netdev_pin(dir: &Path, ifindex: u32, egress: bool) -> PathBuf {
+    dir.join(if egress {
+        format!("netdev_{ifindex}_egress")
+    } else {
+        format!("netdev_{ifindex}")
+    })
+}
+
+/// Attaches one NodePort program at `pin` (updated in place when the pin is a link of the
+/// same device: `true`).
+fn attach_netdev_prog(
+    prog: &libbpf_rs::Program<'_>,
+    name: &'static str,
+    pin: &Path,
+    ifindex: u32,
+    ifname: &str,
+) -> Result<bool> {
+    let attach_err = |source| Error::Attach {
+        op: "attaching",
+        program: name,
+        ifname: ifname.to_string(),
+        ifindex,
+        mode: "tcx",
+        source,
+    };
+    if pin.exists() {
+        if let Ok(mut link) = Link::open(pin) {
+            let same_device = matches!(
+                link.info().map(|i| i.info),
+                Ok(LinkTypeInfo::Tcx(t)) if t.ifindex == ifindex
+            );
+            if same_device {
+                link.update_prog(prog).map_err(attach_err)?;
+                return Ok(true);
+            }
+        }
+        fs::remove_file(pin).map_err(io_err("removing stale link pin", pin))?;
+    }
+    let mut link = sys::attach_tcx(prog, ifindex).map_err(attach_err)?;
+    link.pin(pin).map_err(attach_err)?;
+    Ok(false)
 }
 
 #[cfg(test)]

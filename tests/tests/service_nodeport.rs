@@ -187,10 +187,12 @@ fn external_traffic_policy_local_keeps_nodeport_on_local_backends() {
     );
 }
 
-/// NodePort towards a backend that is not on this node: a second outside namespace, behind a
-/// second device, plays a backend on another machine. The request leaves with the node's
-/// address towards that machine (SNAT), so the backend answers the node, which translates the
-/// reply back and returns it to the client from the NodePort frontend.
+/// NodePort towards backends that are not pods of this node. A second outside namespace,
+/// behind a second device, plays a backend on another machine: the request leaves with the
+/// node's address towards that machine (SNAT), so the backend answers the node, which
+/// translates the reply back and returns it to the client from the NodePort frontend. A
+/// server of the host itself (host network) gets the request through the host stack; its
+/// reply is given the frontend back at the client device's egress.
 #[test]
 fn nodeport_to_a_backend_elsewhere_is_source_natted() {
     let Some(cg) = require_lb("nodeport_to_a_backend_elsewhere_is_source_natted") else {
@@ -210,19 +212,32 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         ),
     );
     let _srv = serve_in(Some(&far.netns), "far", &[8080], &[]);
+    // An unusual port: the host server listens on every host address.
+    let _host_srv = serve_in(None, "host", &[18_242], &[]);
     let vip = Ipv4Addr::new(10, 242, 1, 10);
     let ports = [SvcPort::tcp("http", 80, 8080).node_port(31242)];
     let e = [SliceEp::ready(far.peer_ip, "other-node")];
+    let host_vip = Ipv4Addr::new(10, 242, 1, 11);
+    let host_ports = [SvcPort::tcp("http", 80, 18_242).node_port(31243)];
+    let host_e = [SliceEp::ready(client.host_ip, node)];
     apply(
         &agent,
         &format!(
-            "{}{}",
+            "{}{}{}{}",
             service_yaml(NS, "snat", vip, &ports, "  type: NodePort\n"),
-            slice_yaml(NS, "snat", "snat-1", &e, &ports)
+            slice_yaml(NS, "snat", "snat-1", &e, &ports),
+            service_yaml(NS, "on-host", host_vip, &host_ports, "  type: NodePort\n"),
+            slice_yaml(NS, "on-host", "on-host-1", &host_e, &host_ports),
         ),
     );
     let np = format!("{}:31242", client.host_ip);
     wait_programmed(&agent, &format!("{np}/tcp"), &eps(&[far.peer_ip], 8080));
+    let host_np = format!("{}:31243", client.host_ip);
+    wait_programmed(
+        &agent,
+        &format!("{host_np}/tcp"),
+        &eps(&[client.host_ip], 18_242),
+    );
 
     let first = outside_until_ok(&client, &np);
     assert!(
@@ -268,4 +283,32 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         "no SNAT entry {}:* -> {backend} via {node_prefix}* in `bpf nat list`: {nat}",
         client.peer_ip
     );
+
+    // The host backend: the client's own address is kept (no SNAT, nothing is forwarded).
+    let first = outside_until_ok(&client, &host_np);
+    assert!(
+        first.token().is_some(),
+        "the outside client cannot reach NodePort {host_np} (backend: a host server): \
+         {first:?}\n{}",
+        dump(&agent)
+    );
+    let r = client.tcp(&host_np, 10, 2000);
+    for x in &r {
+        match x {
+            Reply::Ok {
+                token, seen, from, ..
+            } => {
+                assert_eq!(token, "host", "{r:?}");
+                assert_eq!(seen, &client.peer_ip.to_string(), "{r:?}");
+                assert_eq!(
+                    from, &host_np,
+                    "the outside client's peer is {from}, not {host_np}"
+                );
+            }
+            Reply::Err(k) => panic!(
+                "a NodePort request to the host backend failed ({k}): {r:?}\n{}",
+                dump(&agent)
+            ),
+        }
+    }
 }
