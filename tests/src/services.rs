@@ -747,11 +747,20 @@ impl Outside {
         me
     }
 
-    /// An lb-client run inside the outside namespace (never in the agent's cgroup).
+    /// `count` TCP connections from inside the outside namespace (never in the agent's cgroup).
     pub fn tcp(&self, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
+        self.run("tcp", addr, count, timeout_ms)
+    }
+
+    /// `count` datagrams from one unconnected UDP socket in the outside namespace.
+    pub fn udp(&self, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
+        self.run("udp", addr, count, timeout_ms)
+    }
+
+    fn run(&self, mode: &str, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
         let prog = bin("lb-client").display().to_string();
         let out = run(self.netns.cmd(&prog).args([
-            "tcp",
+            mode,
             addr,
             &count.to_string(),
             &timeout_ms.to_string(),

@@ -211,11 +211,14 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
             &["--node-name", node, "--devices", &devices],
         ),
     );
-    let _srv = serve_in(Some(&far.netns), "far", &[8080], &[]);
+    let _srv = serve_in(Some(&far.netns), "far", &[8080], &[5353]);
     // An unusual port: the host server listens on every host address.
     let _host_srv = serve_in(None, "host", &[18_242], &[]);
     let vip = Ipv4Addr::new(10, 242, 1, 10);
-    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31242)];
+    let ports = [
+        SvcPort::tcp("http", 80, 8080).node_port(31242),
+        SvcPort::udp("dns", 53, 5353).node_port(31242),
+    ];
     let e = [SliceEp::ready(far.peer_ip, "other-node")];
     let host_vip = Ipv4Addr::new(10, 242, 1, 11);
     let host_ports = [SvcPort::tcp("http", 80, 18_242).node_port(31243)];
@@ -232,6 +235,7 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
     );
     let np = format!("{}:31242", client.host_ip);
     wait_programmed(&agent, &format!("{np}/tcp"), &eps(&[far.peer_ip], 8080));
+    wait_programmed(&agent, &format!("{np}/udp"), &eps(&[far.peer_ip], 5353));
     let host_np = format!("{}:31243", client.host_ip);
     wait_programmed(
         &agent,
@@ -263,6 +267,28 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
             }
             Reply::Err(k) => panic!(
                 "a NodePort request to the backend elsewhere failed ({k}): {r:?}\n{}",
+                dump(&agent)
+            ),
+        }
+    }
+    // UDP the same way: every datagram answered by the backend elsewhere, seen from the node
+    // address, and the reply comes from the NodePort frontend.
+    let r = client.udp(&np, 5, 2000);
+    assert!(!r.is_empty(), "no UDP replies from {np}");
+    for x in &r {
+        match x {
+            Reply::Ok {
+                token, seen, from, ..
+            } => {
+                assert_eq!(token, "far", "{r:?}");
+                assert_eq!(seen, &far.host_ip.to_string(), "UDP: {r:?}");
+                assert_eq!(
+                    from, &np,
+                    "UDP: the outside client's peer is {from}, not {np}"
+                );
+            }
+            Reply::Err(k) => panic!(
+                "a UDP datagram to NodePort {np} (backend elsewhere) failed ({k}): {r:?}\n{}",
                 dump(&agent)
             ),
         }
