@@ -518,33 +518,13 @@ impl Datapath {
 
     fn attach_tcx(&self, ifindex: u32, ifname: &str, dir: Direction) -> Result<bool> {
         let (prog, prog_name) = self.program(dir);
-        let pin = self.link_pin_path(ifindex, dir);
-        let attach_err = |source| Error::Attach {
-            op: "attaching",
-            program: prog_name,
-            ifname: ifname.to_string(),
+        attach_tcx_pinned(
+            prog,
+            prog_name,
+            &self.link_pin_path(ifindex, dir),
             ifindex,
-            mode: "tcx",
-            source,
-        };
-        if pin.exists() {
-            if let Ok(mut link) = Link::open(&pin) {
-                let same_device = matches!(
-                    link.info().map(|i| i.info),
-                    Ok(LinkTypeInfo::Tcx(t)) if t.ifindex == ifindex
-                );
-                if same_device {
-                    link.update_prog(prog).map_err(attach_err)?;
-                    return Ok(true);
-                }
-            }
-            // Stale pin: device gone or index reused; replace it.
-            tracing::info!(pin = %pin.display(), "removing stale endpoint link pin");
-            fs::remove_file(&pin).map_err(io_err("removing stale link pin", &pin))?;
-        }
-        let mut link = sys::attach_tcx(prog, ifindex).map_err(attach_err)?;
-        link.pin(&pin).map_err(attach_err)?;
-        Ok(false)
+            ifname,
+        )
     }
 
     fn attach_tc(&self, ifindex: u32, ifname: &str, dir: Direction) -> Result<bool> {
@@ -793,7 +773,7 @@ impl Datapath {
                 netdev_pin(&dir, ifindex, true),
             ),
         ] {
-            updated &= attach_netdev_prog(prog, name, &pin, ifindex, ifname)?;
+            updated &= attach_tcx_pinned(prog, name, &pin, ifindex, ifname)?;
         }
         Ok(updated)
     }
@@ -844,9 +824,10 @@ fn netdev_pin(dir: &Path, ifindex: u32, egress: bool) -> PathBuf {
     })
 }
 
-/// Attaches one NodePort program at `pin` (updated in place when the pin is a link of the
-/// same device: `true`).
-fn attach_netdev_prog(
+/// Attaches `prog` to `ifindex` with tcx, the link pinned at `pin`. A pin of an earlier run
+/// on the same device is updated in place (then `true`); a stale one (device gone, index
+/// reused) is replaced.
+fn attach_tcx_pinned(
     prog: &libbpf_rs::Program<'_>,
     name: &'static str,
     pin: &Path,
@@ -872,6 +853,7 @@ fn attach_netdev_prog(
                 return Ok(true);
             }
         }
+        tracing::info!(pin = %pin.display(), "removing stale link pin");
         fs::remove_file(pin).map_err(io_err("removing stale link pin", pin))?;
     }
     let mut link = sys::attach_tcx(prog, ifindex).map_err(attach_err)?;

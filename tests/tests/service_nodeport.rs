@@ -250,49 +250,27 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         far.peer_ip,
         dump(&agent)
     );
+    // The backend elsewhere sees the node's address towards it (SNAT); the client sees the
+    // NodePort frontend as its peer. TCP, then UDP from one unconnected socket.
+    let seen = far.host_ip.to_string();
     let r = client.tcp(&np, 10, 2000);
-    for x in &r {
-        match x {
-            Reply::Ok {
-                token, seen, from, ..
-            } => {
-                assert_eq!(token, "far", "{r:?}");
-                assert_eq!(
-                    seen,
-                    &far.host_ip.to_string(),
-                    "the backend elsewhere must see the node's address towards it (SNAT), it \
-                     saw {seen}"
-                );
-                assert_eq!(from, &np, "the outside client's peer is {from}, not {np}");
-            }
-            Reply::Err(k) => panic!(
-                "a NodePort request to the backend elsewhere failed ({k}): {r:?}\n{}",
-                dump(&agent)
-            ),
-        }
-    }
-    // UDP the same way: every datagram answered by the backend elsewhere, seen from the node
-    // address, and the reply comes from the NodePort frontend.
+    check_nodeport_replies(
+        &agent,
+        "TCP to the backend elsewhere",
+        &r,
+        "far",
+        &seen,
+        &np,
+    );
     let r = client.udp(&np, 5, 2000);
-    assert!(!r.is_empty(), "no UDP replies from {np}");
-    for x in &r {
-        match x {
-            Reply::Ok {
-                token, seen, from, ..
-            } => {
-                assert_eq!(token, "far", "{r:?}");
-                assert_eq!(seen, &far.host_ip.to_string(), "UDP: {r:?}");
-                assert_eq!(
-                    from, &np,
-                    "UDP: the outside client's peer is {from}, not {np}"
-                );
-            }
-            Reply::Err(k) => panic!(
-                "a UDP datagram to NodePort {np} (backend elsewhere) failed ({k}): {r:?}\n{}",
-                dump(&agent)
-            ),
-        }
-    }
+    check_nodeport_replies(
+        &agent,
+        "UDP to the backend elsewhere",
+        &r,
+        "far",
+        &seen,
+        &np,
+    );
     // `bpf nat list` shows the translated flows with the node address they left with.
     let nat = agent.ctl_json(&["bpf", "nat", "list"]);
     let rows = nat["snat"].as_array().cloned().unwrap_or_default();
@@ -319,22 +297,41 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         dump(&agent)
     );
     let r = client.tcp(&host_np, 10, 2000);
-    for x in &r {
+    let seen = client.peer_ip.to_string();
+    check_nodeport_replies(
+        &agent,
+        "TCP to the host backend",
+        &r,
+        "host",
+        &seen,
+        &host_np,
+    );
+}
+
+/// Every reply of `r` answered by `token`, which saw the client as `seen`, and came from
+/// `frontend` as the client's peer.
+fn check_nodeport_replies(
+    agent: &cilium_e2e::Agent,
+    what: &str,
+    r: &[Reply],
+    token: &str,
+    seen: &str,
+    frontend: &str,
+) {
+    assert!(!r.is_empty(), "{what}: no replies from {frontend}");
+    for x in r {
         match x {
             Reply::Ok {
-                token, seen, from, ..
+                token: t,
+                seen: s,
+                from,
+                ..
             } => {
-                assert_eq!(token, "host", "{r:?}");
-                assert_eq!(seen, &client.peer_ip.to_string(), "{r:?}");
-                assert_eq!(
-                    from, &host_np,
-                    "the outside client's peer is {from}, not {host_np}"
-                );
+                assert_eq!(t, token, "{what}: {r:?}");
+                assert_eq!(s, seen, "{what}: the backend saw the client as {s}: {r:?}");
+                assert_eq!(from, frontend, "{what}: the client's peer is {from}: {r:?}");
             }
-            Reply::Err(k) => panic!(
-                "a NodePort request to the host backend failed ({k}): {r:?}\n{}",
-                dump(&agent)
-            ),
+            Reply::Err(k) => panic!("{what}: a request failed ({k}): {r:?}\n{}", dump(agent)),
         }
     }
 }
