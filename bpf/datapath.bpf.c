@@ -378,6 +378,82 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct pkt_info *p
 	return nat_rewrite(ctx, pkt, rn->address, rn->port, daddr, pkt->dport);
 }
 
+#define ICMP_DEST_UNREACH_ 3
+#define ICMP_TIME_EXCEEDED_ 11
+
+/* What an ICMP error quotes of the packet that caused it (RFC 792): its IPv4
+ * header and the first 8 bytes of layer 4, of which the ports are used. */
+struct icmp_quote {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+};
+
+/*
+ * An ICMP error (destination unreachable, time exceeded) about a tracked
+ * flow: "related", so policy lets it through like a reply. When the flow is
+ * a translated service flow, the error quotes the packet as translated
+ * (client -> backend), which the client's socket does not recognise: the
+ * quoted destination goes back to the frontend (with the quoted header's
+ * checksum and the ICMP checksum), and so does the error's source when the
+ * backend itself sent it. Returns 1 when related, 0 when not, or -DROP_*.
+ */
+static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_info *pkt)
+{
+	__u32 qoff = pkt->l4off + 8, csum = pkt->l4off + 2;
+	struct lb4_reverse_nat *rn;
+	struct ct_entry4 *e;
+	struct icmp_quote q;
+	__be32 old_addr, new_addr;
+	__be16 new_port, new_check;
+	struct ct_key4 key = {};
+
+	if (pkt->icmp_type != ICMP_DEST_UNREACH_ && pkt->icmp_type != ICMP_TIME_EXCEEDED_)
+		return 0;
+	if (bpf_skb_load_bytes(ctx, qoff, &q, sizeof(q)) < 0)
+		return 0;
+	if (q.ip.ihl != 5 || (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP))
+		return 0;
+	/* An error about a flow only ever goes to the flow's own sender. */
+	if (q.ip.saddr != pkt->daddr)
+		return 0;
+	key.saddr = q.ip.saddr;
+	key.daddr = q.ip.daddr;
+	key.sport = q.sport;
+	key.dport = q.dport;
+	key.proto = q.ip.protocol;
+	e = bpf_map_lookup_elem(ct_map_for(key.proto), &key);
+	if (!e)
+		return 0;
+	if (!(e->flags & CT_F_SERVICE) || (e->flags & CT_F_HAIRPIN))
+		return 1;
+	rn = lb4_lookup_revnat(e->rev_nat_id);
+	if (!rn)
+		return 1;
+	old_addr = q.ip.daddr;
+	new_addr = rn->address;
+	new_port = rn->port;
+	new_check = csum_fold32(bpf_csum_diff(&old_addr, 4, &new_addr, 4, (__u16)~q.ip.check));
+
+	/* The ICMP checksum covers the quote: account for every rewritten word. */
+	if (bpf_l4_csum_replace(ctx, csum, old_addr, new_addr, 4) < 0 ||
+	    bpf_l4_csum_replace(ctx, csum, q.ip.check, new_check, 2) < 0 ||
+	    bpf_l4_csum_replace(ctx, csum, q.dport, new_port, 2) < 0)
+		return -DROP_WRITE_ERROR;
+	if (bpf_skb_store_bytes(ctx, qoff + __builtin_offsetof(struct iphdr, daddr), &new_addr,
+				4, 0) < 0 ||
+	    bpf_skb_store_bytes(ctx, qoff + __builtin_offsetof(struct iphdr, check), &new_check,
+				2, 0) < 0 ||
+	    bpf_skb_store_bytes(ctx, qoff + sizeof(struct iphdr) + 2, &new_port, 2, 0) < 0)
+		return -DROP_WRITE_ERROR;
+	if (pkt->saddr == old_addr) {
+		if (nat_addr(ctx, pkt, 1, old_addr, new_addr) < 0)
+			return -DROP_WRITE_ERROR;
+		pkt->saddr = new_addr;
+	}
+	return 1;
+}
+
 SEC("tcx/ingress")
 int cil_from_container(struct __sk_buff *ctx)
 {
@@ -388,7 +464,7 @@ int cil_from_container(struct __sk_buff *ctx)
 	__u32 src_id, dst_id;
 	__u16 ep_id;
 	__be16 proto;
-	int ret, report = 0, status;
+	int ret, report = 0, status, related = 0;
 
 	proto = eth_proto(ctx);
 	if (proto == bpf_htons(ETH_P_ARP_))
@@ -407,6 +483,12 @@ int cil_from_container(struct __sk_buff *ctx)
 	ep_id = src_ep->ep_id;
 	src_id = src_ep->sec_identity;
 
+	if (pkt.proto == IPPROTO_ICMP) {
+		related = icmp_err_related4(ctx, &pkt);
+		if (related < 0)
+			return drop(ctx, &cfg, -related, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
+	}
+
 	/* Per-packet service translation for what the socket layer did not translate. */
 	ret = lb4_xlate_fwd(ctx, &cfg, &pkt, src_id, &nat, 0);
 	if (ret == LB_REFUSED) {
@@ -421,7 +503,8 @@ int cil_from_container(struct __sk_buff *ctx)
 	if (ret < 0)
 		return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
 
-	status = ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
+	/* An ICMP error about a tracked flow passes like a reply, untracked itself. */
+	status = related ? CT_REPLY : ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
 	if (status < 0)
 		return drop(ctx, &cfg, -status, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
 
@@ -484,7 +567,7 @@ int cil_to_container(struct __sk_buff *ctx)
 	struct ct_nat nat = {};
 	__u32 src_id, dst_id = 0;
 	__u16 ep_id = 0;
-	int ret, report = 0, status;
+	int ret, report = 0, status, related = 0;
 
 	if (eth_proto(ctx) != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -510,7 +593,12 @@ int cil_to_container(struct __sk_buff *ctx)
 		dst_id = dst_ep->sec_identity;
 	}
 
-	status = ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
+	if (pkt.proto == IPPROTO_ICMP) {
+		related = icmp_err_related4(ctx, &pkt);
+		if (related < 0)
+			return drop(ctx, &cfg, -related, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
+	}
+	status = related ? CT_REPLY : ct_lookup_create4_nat(&pkt, src_id, &cfg, &report, &nat);
 	if (status < 0)
 		return drop(ctx, &cfg, -status, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
 

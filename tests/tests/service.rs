@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use cilium_e2e::Pod;
+use cilium_e2e::model::{ctl_apply, namespace_yaml, pod_yaml};
 use cilium_e2e::services::{
     Client, Outside, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, dump,
     enable_forwarding, eps, lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml,
@@ -245,6 +246,76 @@ fn backends_outside_the_pods_the_host_and_a_machine_outside() {
             );
         }
     }
+}
+
+/// A backend that answers a UDP datagram with an ICMP error (nothing listens on the target
+/// port): the client's connected socket gets ECONNREFUSED at once, as it would talking to the
+/// backend directly. On the per-packet path the error quotes the translated packet, so the
+/// datapath rewrites the quoted destination (and the error's source) back to the frontend;
+/// without that the kernel matches the error to no socket and the client waits for a timeout.
+#[test]
+fn an_icmp_error_from_a_backend_reaches_the_client() {
+    let Some(cg) = require_lb("an_icmp_error_from_a_backend_reaches_the_client") else {
+        return;
+    };
+    let agent = start_agent(
+        "10.243.0.0/24",
+        &lb_args(&cg, "10.243.1.0/24", &["--node-name", NODE]),
+    );
+    if let Err(e) = ctl_apply(
+        &agent,
+        "apply",
+        &format!("{}{}", namespace_yaml(NS, &[]), pod_yaml(NS, "client", &[])),
+    ) {
+        panic!("applying the namespace and the client pod: {e}");
+    }
+    let c = pod(&agent, "client");
+    let b = pod(&agent, "b");
+    // TCP only: a UDP datagram to 5353 gets an ICMP port unreachable from the backend. The
+    // backend's kernel rate-limits its ICMP errors per destination (a burst of 6, then one a
+    // second): off, so every datagram of the test gets its answer.
+    let _s = serve(&b, "b", &[8080], &[]);
+    let out = b.exec("sysctl", &["-q", "-w", "net.ipv4.icmp_ratelimit=0"]);
+    assert!(out.status.success(), "sysctl in {}: {out:?}", b.netns.name);
+    let vip = Ipv4Addr::new(10, 243, 1, 10);
+    let ports = [SvcPort::udp("dns", 53, 5353)];
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "closed", vip, &ports, ""),
+            slice("closed", "closed-1", &[b.ip], &ports)
+        ),
+    );
+    wait_programmed(&agent, &format!("{vip}:53/udp"), &eps(&[b.ip], 5353));
+    let addr = format!("{vip}:53");
+    let check = |when: &str| {
+        for client in [Client::pod_out(&c), Client::pod_in(&c, &cg)] {
+            let what = client.describe();
+            let started = std::time::Instant::now();
+            let r = client.udp_connected(&addr, 3, 3000);
+            assert!(
+                !r.is_empty() && r.iter().all(|x| x == &Reply::Err("refused".into())),
+                "{what} {when}: a datagram to {addr} (backend port closed) must be refused, got \
+                 {r:?} after {:?}\n{}",
+                started.elapsed(),
+                dump(&agent)
+            );
+        }
+    };
+    check("without policy");
+    // The error is related to the client's own flow: a policy denying every ingress to the
+    // client does not stop it (it is not a new connection towards the client).
+    apply(
+        &agent,
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-in, \
+             namespace: {NS}}}\nspec:\n  podSelector: {{matchLabels: {{pod: client}}}}\n  \
+             policyTypes: [Ingress]\n"
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    check("with all ingress to the client denied");
 }
 
 #[test]
