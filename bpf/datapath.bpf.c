@@ -398,7 +398,8 @@ struct icmp_quote {
  * checksum and the ICMP checksum), and so does the error's source when the
  * backend itself sent it. Returns 1 when related, 0 when not, or -DROP_*.
  */
-static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_info *pkt)
+static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_info *pkt,
+					     struct ct_nat *nat)
 {
 	__u32 qoff = pkt->l4off + 8, csum = pkt->l4off + 2;
 	struct lb4_reverse_nat *rn;
@@ -425,6 +426,9 @@ static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_i
 	e = bpf_map_lookup_elem(ct_map_for(key.proto), &key);
 	if (!e)
 		return 0;
+	nat->rev_nat_id = e->rev_nat_id;
+	nat->flags = e->flags & CT_F_NAT_MASK;
+	nat->aux = e->nat_aux;
 	if (!(e->flags & CT_F_SERVICE) || (e->flags & CT_F_HAIRPIN))
 		return 1;
 	rn = lb4_lookup_revnat(e->rev_nat_id);
@@ -484,7 +488,7 @@ int cil_from_container(struct __sk_buff *ctx)
 	src_id = src_ep->sec_identity;
 
 	if (pkt.proto == IPPROTO_ICMP) {
-		related = icmp_err_related4(ctx, &pkt);
+		related = icmp_err_related4(ctx, &pkt, &nat);
 		if (related < 0)
 			return drop(ctx, &cfg, -related, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
 	}
@@ -508,8 +512,16 @@ int cil_from_container(struct __sk_buff *ctx)
 	if (status < 0)
 		return drop(ctx, &cfg, -status, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
 
+	/* An error about a NodePort flow: already translated, back out of its device. */
+	if (related && (nat.flags & CT_F_NODEPORT) && nat.aux) {
+		update_metrics(0, METRIC_DIR_EGRESS, pkt.len);
+		emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_EGRESS, &pkt, ctx->ifindex, ep_id, 0,
+			   src_id, IDENTITY_WORLD, nat.aux, status, report);
+		return bpf_redirect_neigh(nat.aux, NULL, 0, 0);
+	}
+
 	/* Replies of translated flows: reverse NAT back to the frontend. */
-	if (status == CT_REPLY && (nat.flags & CT_F_SERVICE)) {
+	if (status == CT_REPLY && !related && (nat.flags & CT_F_SERVICE)) {
 		ret = lb4_rev_nat(ctx, &pkt, &nat);
 		if (ret < 0)
 			return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, ep_id, src_id);
@@ -594,7 +606,7 @@ int cil_to_container(struct __sk_buff *ctx)
 	}
 
 	if (pkt.proto == IPPROTO_ICMP) {
-		related = icmp_err_related4(ctx, &pkt);
+		related = icmp_err_related4(ctx, &pkt, &nat);
 		if (related < 0)
 			return drop(ctx, &cfg, -related, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);
 	}
@@ -605,7 +617,7 @@ int cil_to_container(struct __sk_buff *ctx)
 	/* Replies of a flow this pod sent to a service whose backend is not a pod of
 	 * this node (the host itself, or an address the host routes to): they come
 	 * through the host stack, so the reverse NAT happens here. */
-	if (status == CT_REPLY && (nat.flags & CT_F_SERVICE)) {
+	if (status == CT_REPLY && !related && (nat.flags & CT_F_SERVICE)) {
 		ret = lb4_rev_nat(ctx, &pkt, &nat);
 		if (ret < 0)
 			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, ep_id, src_id);

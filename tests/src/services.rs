@@ -757,6 +757,12 @@ impl Outside {
         self.run("udp", addr, count, timeout_ms)
     }
 
+    /// `count` datagrams from one connected UDP socket in the outside namespace (ICMP errors
+    /// reach it as `Err("refused")`).
+    pub fn udp_connected(&self, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
+        self.run("udp-connected", addr, count, timeout_ms)
+    }
+
     fn run(&self, mode: &str, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
         let prog = bin("lb-client").display().to_string();
         let out = run(self.netns.cmd(&prog).args([

@@ -50,8 +50,17 @@ fn nodeport_from_an_outside_namespace() {
     let b2 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b2");
     let _s1 = serve(&b1, "b1", &[8080], &[]);
     let _s2 = serve(&b2, "b2", &[8080], &[]);
+    // Nothing listens on UDP 5353: the backends answer with ICMP port unreachable (not
+    // rate-limited, so every datagram of the test gets one).
+    for b in [&b1, &b2] {
+        let out = b.exec("sysctl", &["-q", "-w", "net.ipv4.icmp_ratelimit=0"]);
+        assert!(out.status.success(), "sysctl in {}: {out:?}", b.netns.name);
+    }
     let vip = Ipv4Addr::new(10, 235, 1, 10);
-    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31235)];
+    let ports = [
+        SvcPort::tcp("http", 80, 8080).node_port(31235),
+        SvcPort::udp("dns", 53, 5353).node_port(31235),
+    ];
     let e = [SliceEp::ready(b1.ip, node), SliceEp::ready(b2.ip, node)];
     apply(
         &agent,
@@ -65,6 +74,7 @@ fn nodeport_from_an_outside_namespace() {
     wait_programmed(&agent, &format!("{vip}:80/tcp"), &backends);
     let np = format!("{}:31235", out.host_ip);
     wait_programmed(&agent, &format!("{np}/tcp"), &backends);
+    wait_programmed(&agent, &format!("{np}/udp"), &eps(&[b1.ip, b2.ip], 5353));
 
     let first = outside_until_ok(&out, &np);
     assert!(
@@ -89,6 +99,14 @@ fn nodeport_from_an_outside_namespace() {
             assert_eq!(from, &np, "the outside client's peer is {from}, not {np}");
         }
     }
+    // A backend's ICMP error about a NodePort flow reaches the outside client as the
+    // frontend's: its connected UDP socket is refused at once.
+    let r = out.udp_connected(&np, 3, 3000);
+    assert!(
+        !r.is_empty() && r.iter().all(|x| x == &Reply::Err("refused".into())),
+        "UDP to NodePort {np} (backend port closed) must be refused, got {r:?}\n{}",
+        dump(&agent)
+    );
 }
 
 #[test]
