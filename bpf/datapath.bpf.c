@@ -270,9 +270,8 @@ static __always_inline __be16 eth_proto(struct __sk_buff *ctx)
 	return eth->h_proto;
 }
 
-/* Rewrite MACs and TTL for delivery into @dst's namespace. Returns 0 or -DROP_*. */
-static __always_inline int rewrite_for_delivery(struct __sk_buff *ctx,
-						const struct endpoint_info *dst, __u8 ttl)
+/* A routing hop: the TTL goes down by one. Returns 0 or -DROP_*. */
+static __always_inline int dec_ttl(struct __sk_buff *ctx, __u8 ttl)
 {
 	__u8 new_ttl;
 
@@ -284,6 +283,17 @@ static __always_inline int rewrite_for_delivery(struct __sk_buff *ctx,
 		return -DROP_WRITE_ERROR;
 	if (bpf_skb_store_bytes(ctx, IP_TTL_OFF, &new_ttl, 1, 0) < 0)
 		return -DROP_WRITE_ERROR;
+	return 0;
+}
+
+/* Rewrite MACs and TTL for delivery into @dst's namespace. Returns 0 or -DROP_*. */
+static __always_inline int rewrite_for_delivery(struct __sk_buff *ctx,
+						const struct endpoint_info *dst, __u8 ttl)
+{
+	int ret = dec_ttl(ctx, ttl);
+
+	if (ret < 0)
+		return ret;
 	if (bpf_skb_store_bytes(ctx, 0, dst->mac, 6, 0) < 0 ||
 	    bpf_skb_store_bytes(ctx, 6, dst->node_mac, 6, 0) < 0)
 		return -DROP_WRITE_ERROR;
@@ -675,6 +685,8 @@ int cil_from_netdev(struct __sk_buff *ctx)
 		if (status != CT_REPLY || !(nat.flags & CT_F_NODEPORT) || !nat.aux)
 			return TC_ACT_OK; /* flow forgotten: the host stack decides */
 		ret = lb4_rev_nat(ctx, &pkt, &nat);
+		if (ret == 0)
+			ret = dec_ttl(ctx, pkt.ttl);
 		if (ret < 0)
 			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
 		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
@@ -728,6 +740,8 @@ int cil_from_netdev(struct __sk_buff *ctx)
 	 * device. A backend that is the host itself goes to the host stack. */
 	if (snat4_route(ctx, &pkt, ctx->ifindex, &oif, &node)) {
 		ret = snat4_out(ctx, &pkt, node);
+		if (ret == 0)
+			ret = dec_ttl(ctx, pkt.ttl);
 		if (ret < 0)
 			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
 		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);

@@ -21,7 +21,8 @@
 	X(DROP_WRITE_ERROR, 141, "write-error", "rewriting packet headers failed")       \
 	X(DROP_NO_SERVICE, 158, "no-service-backend",                                    \
 	  "service has no backend: connection refused (TCP RST or ICMP unreachable sent)") \
-	X(DROP_TTL_EXCEEDED, 147, "ttl-exceeded", "IPv4 TTL expired on local delivery")  \
+	X(DROP_TTL_EXCEEDED, 147, "ttl-exceeded",                                        \
+	  "IPv4 TTL expired (local delivery, or NodePort forwarding to a backend elsewhere)") \
 	X(DROP_CT_MAP_FULL, 160, "ct-map-insertion-failed",                              \
 	  "conntrack entry could not be created")                                        \
 	X(DROP_REDIRECT_FAILED, 161, "redirect-failed",                                  \
