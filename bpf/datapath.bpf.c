@@ -388,17 +388,6 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct pkt_info *p
 	return nat_rewrite(ctx, pkt, rn->address, rn->port, daddr, pkt->dport);
 }
 
-#define ICMP_DEST_UNREACH_ 3
-#define ICMP_TIME_EXCEEDED_ 11
-
-/* What an ICMP error quotes of the packet that caused it (RFC 792): its IPv4
- * header and the first 8 bytes of layer 4, of which the ports are used. */
-struct icmp_quote {
-	struct iphdr ip;
-	__be16 sport;
-	__be16 dport;
-};
-
 /*
  * An ICMP error (destination unreachable, time exceeded) about a tracked
  * flow: "related", so policy lets it through like a reply. When the flow is
@@ -411,19 +400,13 @@ struct icmp_quote {
 static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_info *pkt,
 					     struct ct_nat *nat)
 {
-	__u32 qoff = pkt->l4off + 8, csum = pkt->l4off + 2;
 	struct lb4_reverse_nat *rn;
 	struct ct_entry4 *e;
 	struct icmp_quote q;
-	__be32 old_addr, new_addr;
-	__be16 new_port, new_check;
+	__be32 backend;
 	struct ct_key4 key = {};
 
-	if (pkt->icmp_type != ICMP_DEST_UNREACH_ && pkt->icmp_type != ICMP_TIME_EXCEEDED_)
-		return 0;
-	if (bpf_skb_load_bytes(ctx, qoff, &q, sizeof(q)) < 0)
-		return 0;
-	if (q.ip.ihl != 5 || (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP))
+	if (!icmp_is_error(pkt) || icmp_load_quote(ctx, pkt, &q) < 0)
 		return 0;
 	/* An error about a flow only ever goes to the flow's own sender. */
 	if (q.ip.saddr != pkt->daddr)
@@ -444,26 +427,13 @@ static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_i
 	rn = lb4_lookup_revnat(e->rev_nat_id);
 	if (!rn)
 		return 1;
-	old_addr = q.ip.daddr;
-	new_addr = rn->address;
-	new_port = rn->port;
-	new_check = csum_fold32(bpf_csum_diff(&old_addr, 4, &new_addr, 4, (__u16)~q.ip.check));
-
-	/* The ICMP checksum covers the quote: account for every rewritten word. */
-	if (bpf_l4_csum_replace(ctx, csum, old_addr, new_addr, 4) < 0 ||
-	    bpf_l4_csum_replace(ctx, csum, q.ip.check, new_check, 2) < 0 ||
-	    bpf_l4_csum_replace(ctx, csum, q.dport, new_port, 2) < 0)
+	backend = q.ip.daddr;
+	if (icmp_quote_nat(ctx, pkt, &q, 0, rn->address, rn->port) < 0)
 		return -DROP_WRITE_ERROR;
-	if (bpf_skb_store_bytes(ctx, qoff + __builtin_offsetof(struct iphdr, daddr), &new_addr,
-				4, 0) < 0 ||
-	    bpf_skb_store_bytes(ctx, qoff + __builtin_offsetof(struct iphdr, check), &new_check,
-				2, 0) < 0 ||
-	    bpf_skb_store_bytes(ctx, qoff + sizeof(struct iphdr) + 2, &new_port, 2, 0) < 0)
-		return -DROP_WRITE_ERROR;
-	if (pkt->saddr == old_addr) {
-		if (nat_addr(ctx, pkt, 1, old_addr, new_addr) < 0)
+	if (pkt->saddr == backend) {
+		if (nat_addr(ctx, pkt, 1, backend, rn->address) < 0)
 			return -DROP_WRITE_ERROR;
-		pkt->saddr = new_addr;
+		pkt->saddr = rn->address;
 	}
 	return 1;
 }
@@ -668,6 +638,28 @@ int cil_from_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (parse_ipv4(ctx, &pkt) < 0)
 		return TC_ACT_OK;
+
+	/* An ICMP error from a backend elsewhere about a flow this node SNATed:
+	 * back to the client, the frontend restored, out of the client's device. */
+	if (pkt.proto == IPPROTO_ICMP) {
+		ret = snat4_icmp_in(ctx, &pkt);
+		if (ret > 0)
+			ret = icmp_err_related4(ctx, &pkt, &nat);
+		if (ret == 0)
+			return TC_ACT_OK;
+		load_config(&cfg);
+		src_id = lookup_identity(pkt.saddr);
+		if (ret > 0 && (!(nat.flags & CT_F_NODEPORT) || !nat.aux))
+			return TC_ACT_OK;
+		if (ret > 0)
+			ret = dec_ttl(ctx, pkt.ttl);
+		if (ret < 0)
+			return drop(ctx, &cfg, -ret, METRIC_DIR_INGRESS, &pkt, 0, src_id);
+		update_metrics(0, METRIC_DIR_INGRESS, pkt.len);
+		emit_trace(&cfg, TRACE_TO_STACK, METRIC_DIR_INGRESS, &pkt, ctx->ifindex, 0, 0,
+			   src_id, IDENTITY_WORLD, nat.aux, CT_REPLY, 0);
+		return bpf_redirect_neigh(nat.aux, NULL, 0, 0);
+	}
 	if (pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP)
 		return TC_ACT_OK;
 

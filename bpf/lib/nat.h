@@ -100,6 +100,73 @@ static __always_inline __u16 csum_fold32(__u32 sum)
 	return (__u16)~sum;
 }
 
+#define ICMP_DEST_UNREACH_ 3
+#define ICMP_TIME_EXCEEDED_ 11
+
+/* What an ICMP error quotes of the packet that caused it (RFC 792): its IPv4
+ * header and the first 8 bytes of layer 4, of which the ports are used. */
+struct icmp_quote {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+};
+
+/* Destination unreachable or time exceeded: an error that quotes a packet. */
+static __always_inline int icmp_is_error(const struct pkt_info *pkt)
+{
+	return pkt->proto == IPPROTO_ICMP &&
+	       (pkt->icmp_type == ICMP_DEST_UNREACH_ || pkt->icmp_type == ICMP_TIME_EXCEEDED_);
+}
+
+/* Loads the quote of an ICMP error about TCP or UDP (no IP options). 0 or -1. */
+static __always_inline int icmp_load_quote(struct __sk_buff *ctx, const struct pkt_info *pkt,
+					   struct icmp_quote *q)
+{
+	if (bpf_skb_load_bytes(ctx, pkt->l4off + 8, q, sizeof(*q)) < 0)
+		return -1;
+	if (q->ip.ihl != 5 || (q->ip.protocol != IPPROTO_TCP && q->ip.protocol != IPPROTO_UDP))
+		return -1;
+	return 0;
+}
+
+/*
+ * Rewrites the quoted source (@src=1) or destination address and port of an
+ * ICMP error to @addr:@port, with the quoted header's checksum and the ICMP
+ * checksum (which covers the quote); @q is updated. Returns 0 or -1. The
+ * quoted layer-4 checksum is left alone: receivers do not check it.
+ */
+static __always_inline int icmp_quote_nat(struct __sk_buff *ctx, const struct pkt_info *pkt,
+					  struct icmp_quote *q, int src, __be32 addr, __be16 port)
+{
+	__u32 qoff = pkt->l4off + 8, csum = pkt->l4off + 2;
+	__be32 old_addr = src ? q->ip.saddr : q->ip.daddr;
+	__be16 old_port = src ? q->sport : q->dport;
+	__be16 old_check = q->ip.check;
+	__be16 check = csum_fold32(bpf_csum_diff(&old_addr, 4, &addr, 4, (__u16)~old_check));
+	__u32 addr_off = qoff + (src ? __builtin_offsetof(struct iphdr, saddr)
+				     : __builtin_offsetof(struct iphdr, daddr));
+	__u32 port_off = qoff + sizeof(struct iphdr) + (src ? 0 : 2);
+
+	if (bpf_l4_csum_replace(ctx, csum, old_addr, addr, 4) < 0 ||
+	    bpf_l4_csum_replace(ctx, csum, old_check, check, 2) < 0 ||
+	    bpf_l4_csum_replace(ctx, csum, old_port, port, 2) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(ctx, addr_off, &addr, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(ctx, qoff + __builtin_offsetof(struct iphdr, check), &check, 2,
+				0) < 0 ||
+	    bpf_skb_store_bytes(ctx, port_off, &port, 2, 0) < 0)
+		return -1;
+	if (src) {
+		q->ip.saddr = addr;
+		q->sport = port;
+	} else {
+		q->ip.daddr = addr;
+		q->dport = port;
+	}
+	q->ip.check = check;
+	return 0;
+}
+
 /* One's complement sum of @n 16-bit words (n constant after inlining). */
 static __always_inline __u32 csum_words(const __u16 *w, int n, __u32 sum)
 {

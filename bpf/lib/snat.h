@@ -173,3 +173,40 @@ static __always_inline int snat4_in(struct __sk_buff *ctx, struct pkt_info *pkt)
 	ret = nat_rewrite(ctx, pkt, pkt->saddr, pkt->sport, back->address, back->port);
 	return ret < 0 ? ret : 1;
 }
+
+/*
+ * An ICMP error from a backend elsewhere about a flow this node SNATed: it
+ * quotes the request as it left (node:port -> backend) and is addressed to the
+ * node. The quoted source and the error's destination go back to the client,
+ * which makes it an error about the client's own NodePort flow (the caller
+ * translates the rest like any such error). Returns 1 when translated, 0 when
+ * it is not one, or -DROP_*.
+ */
+static __always_inline int snat4_icmp_in(struct __sk_buff *ctx, struct pkt_info *pkt)
+{
+	struct snat4_key in = { .dir = SNAT_DIR_IN };
+	struct snat4_val *back;
+	struct icmp_quote q;
+	__be32 client;
+	__be16 port;
+
+	if (!icmp_is_error(pkt) || icmp_load_quote(ctx, pkt, &q) < 0)
+		return 0;
+	if (q.ip.saddr != pkt->daddr || bpf_ntohs(q.sport) < SNAT_PORT_MIN)
+		return 0;
+	in.saddr = q.ip.daddr;
+	in.daddr = q.ip.saddr;
+	in.sport = q.dport;
+	in.dport = q.sport;
+	in.proto = q.ip.protocol;
+	back = bpf_map_lookup_elem(&cilium_snat4_v1, &in);
+	if (!back)
+		return 0;
+	client = back->address;
+	port = back->port;
+	if (icmp_quote_nat(ctx, pkt, &q, 1, client, port) < 0 ||
+	    nat_addr(ctx, pkt, 0, pkt->daddr, client) < 0)
+		return -DROP_WRITE_ERROR;
+	pkt->daddr = client;
+	return 1;
+}

@@ -236,6 +236,8 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
     let ports = [
         SvcPort::tcp("http", 80, 8080).node_port(31242),
         SvcPort::udp("dns", 53, 5353).node_port(31242),
+        // Nothing listens there: the backend answers with ICMP port unreachable.
+        SvcPort::udp("closed", 54, 5454).node_port(31244),
     ];
     let e = [SliceEp::ready(far.peer_ip, "other-node")];
     let host_vip = Ipv4Addr::new(10, 242, 1, 11);
@@ -254,6 +256,12 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
     let np = format!("{}:31242", client.host_ip);
     wait_programmed(&agent, &format!("{np}/tcp"), &eps(&[far.peer_ip], 8080));
     wait_programmed(&agent, &format!("{np}/udp"), &eps(&[far.peer_ip], 5353));
+    let np_closed = format!("{}:31244", client.host_ip);
+    wait_programmed(
+        &agent,
+        &format!("{np_closed}/udp"),
+        &eps(&[far.peer_ip], 5454),
+    );
     let host_np = format!("{}:31243", client.host_ip);
     wait_programmed(
         &agent,
@@ -288,6 +296,26 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         "far",
         &seen,
         &np,
+    );
+    // The backend's ICMP error, sent to the node's address, reaches the client as the
+    // frontend's: its connected UDP socket is refused at once.
+    let out =
+        cilium_e2e::run(
+            far.netns
+                .cmd("sysctl")
+                .args(["-q", "-w", "net.ipv4.icmp_ratelimit=0"]),
+        );
+    assert!(
+        out.status.success(),
+        "sysctl in {}: {out:?}",
+        far.netns.name
+    );
+    let r = client.udp_connected(&np_closed, 3, 3000);
+    assert!(
+        !r.is_empty() && r.iter().all(|x| x == &Reply::Err("refused".into())),
+        "UDP to NodePort {np_closed} (backend elsewhere, port closed) must be refused, got \
+         {r:?}\n{}",
+        dump(&agent)
     );
     // `bpf nat list` shows the translated flows with the node address they left with.
     let nat = agent.ctl_json(&["bpf", "nat", "list"]);
