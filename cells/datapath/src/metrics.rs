@@ -50,6 +50,14 @@ pub fn measure(dp: &Datapath) -> Vec<MapPressure> {
     typed(m.ipcache.0.name(), m.ipcache.0.fill_ratio());
     typed(m.conntrack.tcp.name(), m.conntrack.tcp.fill_ratio());
     typed(m.conntrack.any.name(), m.conntrack.any.fill_ratio());
+    let lb = &m.lb;
+    typed(lb.services.name(), lb.services.fill_ratio());
+    typed(lb.backends.name(), lb.backends.fill_ratio());
+    typed(lb.revnat.name(), lb.revnat.fill_ratio());
+    typed(lb.affinity.name(), lb.affinity.fill_ratio());
+    typed(lb.sk.name(), lb.sk.fill_ratio());
+    typed(lb.sk_fwd.name(), lb.sk_fwd.fill_ratio());
+    typed(lb.snat.name(), lb.snat.fill_ratio());
     // `cilium_config_v1` is an array of one slot, always full: no pressure to report.
     let metrics = &m.metrics.0;
     out.push(MapPressure {

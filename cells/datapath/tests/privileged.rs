@@ -291,10 +291,12 @@ async fn monitor_metrics_dumps_and_gc_on_a_real_datapath() {
     let n: f64 = forwarded.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 2.0, "{forwarded}");
     assert!(text.contains("reason=\"invalid-source-ip\""), "{text}");
-    assert!(
-        text.contains("cilium_bpf_map_fill_ratio{map=\"cilium_lxc_v1\"}"),
-        "{text}"
-    );
+    for map in ["cilium_lxc_v1", "cilium_lb4_services_v1", "cilium_snat4_v1"] {
+        assert!(
+            text.contains(&format!("cilium_bpf_map_fill_ratio{{map=\"{map}\"}}")),
+            "no fill ratio of {map} in:\n{text}"
+        );
+    }
 
     let lxc_rows = client.bpf_lxc().await.unwrap();
     assert!(
