@@ -147,24 +147,32 @@ pub struct CtKey4 {
     pub pad: u16,
 }
 
-impl CtKey4 {
-    /// Source address.
-    pub fn src(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.saddr.to_ne_bytes())
-    }
-    /// Destination address.
-    pub fn dst(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.daddr.to_ne_bytes())
-    }
-    /// Source port in host order.
-    pub fn src_port(&self) -> u16 {
-        u16::from_be(self.sport)
-    }
-    /// Destination port in host order.
-    pub fn dst_port(&self) -> u16 {
-        u16::from_be(self.dport)
-    }
+/// Decoding accessors of a 4-tuple key (`saddr`, `daddr`, `sport`, `dport`, all in network
+/// order as the datapath stores them).
+macro_rules! tuple_accessors {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Source address.
+            pub fn src(&self) -> Ipv4Addr {
+                Ipv4Addr::from(self.saddr.to_ne_bytes())
+            }
+            /// Destination address.
+            pub fn dst(&self) -> Ipv4Addr {
+                Ipv4Addr::from(self.daddr.to_ne_bytes())
+            }
+            /// Source port in host order.
+            pub fn src_port(&self) -> u16 {
+                u16::from_be(self.sport)
+            }
+            /// Destination port in host order.
+            pub fn dst_port(&self) -> u16 {
+                u16::from_be(self.dport)
+            }
+        }
+    )*};
 }
+
+tuple_accessors!(CtKey4, Snat4Key);
 
 /// `ct_entry4.flags`: TCP ACK seen both ways.
 pub const CT_F_ESTABLISHED: u16 = 1;
@@ -667,6 +675,17 @@ pub struct Snat4Val {
     pub port: u16,
     /// Padding, keep 0.
     pub pad: u16,
+}
+
+impl Snat4Val {
+    /// The address.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.address.to_ne_bytes())
+    }
+    /// The port (host order).
+    pub fn port_host(&self) -> u16 {
+        u16::from_be(self.port)
+    }
 }
 
 /// Value of `cilium_lb_config_v1[0]` (`struct lb_config`), 16 bytes.

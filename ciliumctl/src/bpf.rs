@@ -52,7 +52,8 @@ pub enum BpfCommand {
         #[command(subcommand)]
         action: crate::bpf_lb::LbAction,
     },
-    /// Reverse NAT and translated service flows (`cilium_lb4_reverse_nat_v1`, conntrack).
+    /// Reverse NAT, translated service flows and NodePort SNAT flows (`cilium_lb4_reverse_nat_v1`,
+    /// conntrack, `cilium_snat4_v1`).
     ///
     /// Example: `ciliumctl bpf nat list`
     Nat {

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use cilium_e2e::Pod;
-use cilium_e2e::model::{ctl_apply, namespace_yaml, pod_yaml};
+use cilium_e2e::model::{ctl_apply, ctl_stdin, namespace_yaml, pod_yaml};
 use cilium_e2e::services::{
     Client, Outside, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, dump,
     enable_forwarding, eps, lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml,
@@ -306,15 +306,24 @@ fn an_icmp_error_from_a_backend_reaches_the_client() {
     check("without policy");
     // The error is related to the client's own flow: a policy denying every ingress to the
     // client does not stop it (it is not a new connection towards the client).
-    apply(
-        &agent,
-        &format!(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-in, \
-             namespace: {NS}}}\nspec:\n  podSelector: {{matchLabels: {{pod: client}}}}\n  \
-             policyTypes: [Ingress]\n"
-        ),
+    let policy = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-in, \
+         namespace: {NS}}}\nspec:\n  podSelector: {{matchLabels: {{pod: client}}}}\n  \
+         policyTypes: [Ingress]\n"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // `--wait`: returns once the policy is in the BPF maps.
+    let out = ctl_stdin(
+        &agent,
+        &["apply", "--wait", "--timeout", "60", "-f", "-"],
+        &policy,
+    );
+    assert!(out.status.success(), "apply --wait of the policy: {out:?}");
+    // The deny is in force: a new flow towards the client (a ping from the backend) is dropped.
+    assert!(
+        !b.ping(&c.ip.to_string(), 1),
+        "a ping from the backend to the client passed although all ingress to it is denied\n{}",
+        dump(&agent)
+    );
     check("with all ingress to the client denied");
 }
 

@@ -796,7 +796,7 @@ fn measure_direct(
         services: n,
         sample,
         par,
-        note: "the most any service implementation could reach here".into(),
+        note: "what a service costing nothing would reach (within run-to-run noise)".into(),
     }
 }
 
@@ -1024,9 +1024,7 @@ fn main() {
             "≥ 2x",
         ),
         (
-            format!(
-                "bound (no service) / iptables at {hi}: the most any implementation could reach"
-            ),
+            format!("bound (no service) / iptables at {hi}: a service costing nothing"),
             both(&|p| rate("bound", "no service", lo, p), &|p| {
                 rate("kube-proxy iptables", "netfilter", hi, p)
             }),

@@ -212,9 +212,9 @@ async fn bpf_nat(State(api): State<LbMapApi>) -> Result<Json<BpfNatList>, ApiErr
             .filter(|(k, _)| k.dir == SNAT_DIR_OUT)
             .map(|(k, v)| BpfSnatEntry {
                 protocol: proto_name(k.proto),
-                client: ep(net_addr(k.saddr), u16::from_be(k.sport)),
-                backend: ep(net_addr(k.daddr), u16::from_be(k.dport)),
-                node: ep(net_addr(v.address), u16::from_be(v.port)),
+                client: ep(k.src(), k.src_port()),
+                backend: ep(k.dst(), k.dst_port()),
+                node: ep(v.addr(), v.port_host()),
             })
             .collect();
         snat.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
@@ -232,11 +232,6 @@ async fn bpf_nat(State(api): State<LbMapApi>) -> Result<Json<BpfNatList>, ApiErr
     })
     .await?;
     Ok(Json(list))
-}
-
-/// An address as the datapath stores it (network order in a native `u32`).
-fn net_addr(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
 }
 
 #[cfg(test)]
