@@ -328,6 +328,9 @@ static __always_inline int lb4_xlate_fwd(struct __sk_buff *ctx, const struct dp_
 	if (!found)
 		return 0;
 	svc = *found;
+	/* loadBalancerSourceRanges: every packet, before anything is learnt. */
+	if (!lb4_src_range_ok(&svc, pkt->saddr))
+		return -DROP_LB_SRC_RANGE;
 	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
 		/* Track the refused packet so the refusal is a reply. */
 		int report;
@@ -785,6 +788,7 @@ int cil_to_netdev(struct __sk_buff *ctx)
 /* ---- Socket-level load balancing (cgroup v2 sock_addr hooks) ---- */
 
 #define ECONNREFUSED_ 111
+#define EPERM_ 1
 #define SYS_PROCEED 1
 #define SYS_REJECT 0
 
@@ -820,6 +824,21 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendms
 
 		if (!host || netns != host)
 			return SYS_PROCEED;
+	}
+	if (svc.flags & SVC_F_SRC_RANGE) {
+		/* The socket's own address, or the node's when not bound yet; refused
+		 * like a connect() that netfilter drops on its way out. */
+		struct bpf_sock *sk = ctx->sk;
+		__be32 src = sk ? sk->src_ip4 : 0;
+
+		if (sendmsg && ctx->msg_src_ip4)
+			src = ctx->msg_src_ip4;
+		if (!src)
+			src = lb_node_addr();
+		if (!lb4_src_range_ok(&svc, src)) {
+			bpf_set_retval(-EPERM_);
+			return SYS_REJECT;
+		}
 	}
 	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
 		bpf_set_retval(-ECONNREFUSED_);

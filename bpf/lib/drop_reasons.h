@@ -29,6 +29,8 @@
 	  "redirect to the destination endpoint failed")                                 \
 	X(DROP_NAT_NO_PORT, 162, "snat-no-port",                                         \
 	  "NodePort SNAT: no free node port towards this backend (or the SNAT map is full)") \
+	X(DROP_LB_SRC_RANGE, 177, "lb-source-range",                                    \
+	  "client address outside the service's loadBalancerSourceRanges")               \
 	X(DROP_POLICY_DENY, 181, "policy-deny", "denied by an explicit deny policy rule")
 
 #define CILIUM_DROP_ENUM_ENTRY(name, code, short_name, desc) name = code,

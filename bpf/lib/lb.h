@@ -16,10 +16,14 @@
  *                                  (reverse translation for recvmsg4/getpeername4)
  *   cilium_lb4_sk_fwd_v1    LRU   {socket cookie, vip, port, proto} -> backend id
  *                                  (unconnected UDP: one backend per socket and frontend)
- *   cilium_lb_config_v1     ARRAY one lb_config (host netns cookie)
+ *   cilium_lb4_source_range_v1 LPM_TRIE {rev_nat id, client prefix} -> 0
+ *                                  (loadBalancerSourceRanges of LoadBalancer
+ *                                  frontends flagged SVC_F_SRC_RANGE)
+ *   cilium_lb_config_v1     ARRAY one lb_config (host netns cookie, node address)
  *
  * Write order (userspace, cilium-lbmap): backends, slots 1..n, Maglev table,
- * reverse NAT, then the slot-0 header; the datapath only reads `count` slots
+ * reverse NAT, source ranges, then the slot-0 header (ranges a frontend no
+ * longer has are deleted after it); the datapath only reads `count` slots
  * named by the header, so a half-written service is never visible.
  */
 #pragma once
@@ -32,11 +36,13 @@
 #define LB_AFFINITY_MAP_SIZE 65536
 #define LB_MAGLEV_MAP_SIZE 4096
 #define LB_SK_MAP_SIZE 262144
+#define LB_SRC_RANGE_MAP_SIZE 65536
 
 /* lb4_service.flags (slot 0) */
 #define SVC_F_AFFINITY (1U << 0)    /* sessionAffinity ClientIP */
 #define SVC_F_NO_BACKENDS (1U << 1) /* refuse connections at once */
 #define SVC_F_EXTERNAL (1U << 2)    /* NodePort / ExternalIP / LoadBalancer frontend */
+#define SVC_F_SRC_RANGE (1U << 3)   /* only clients in cilium_lb4_source_range_v1 */
 
 /* lb4_service.algorithm */
 #define LB_ALG_RANDOM 0
@@ -132,11 +138,24 @@ struct lb4_sk_fwd_val {
 	__u16 pad;
 };
 
+/*
+ * Key of cilium_lb4_source_range_v1 (LPM trie). 12 bytes. prefixlen = 32
+ * (rev_nat_id and pad, always matched) + the client prefix length.
+ */
+struct lb4_src_range_key {
+	__u32 prefixlen;
+	__u16 rev_nat_id;
+	__u16 pad;
+	__be32 addr; /* client prefix, host bits zero */
+};
+
+#define LB_SRC_RANGE_STATIC_PREFIX 32
+
 /* Value of cilium_lb_config_v1[0]. 16 bytes. */
 struct lb_config {
 	__u64 host_netns_cookie; /* external frontends are socket-translated only here */
 	__u32 flags;             /* reserved */
-	__u32 pad;
+	__be32 node_addr;        /* source-range check of unbound host sockets */
 };
 
 struct {
@@ -201,6 +220,14 @@ struct {
 } cilium_lb4_sk_fwd_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LB_SRC_RANGE_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb4_src_range_key);
+	__type(value, __u32);
+} cilium_lb4_source_range_v1 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -213,6 +240,23 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be1
 	struct lb4_key key = { .address = addr, .dport = port, .proto = proto };
 
 	return bpf_map_lookup_elem(&cilium_lb4_services_v1, &key);
+}
+
+/*
+ * loadBalancerSourceRanges: true when @svc has none, or @saddr is in one of
+ * its ranges (one LPM lookup under the frontend's rev_nat id).
+ */
+static __always_inline int lb4_src_range_ok(const struct lb4_service *svc, __be32 saddr)
+{
+	struct lb4_src_range_key key = {
+		.prefixlen = LB_SRC_RANGE_STATIC_PREFIX + 32,
+		.rev_nat_id = svc->rev_nat_id,
+		.addr = saddr,
+	};
+
+	if (!(svc->flags & SVC_F_SRC_RANGE))
+		return 1;
+	return bpf_map_lookup_elem(&cilium_lb4_source_range_v1, &key) != NULL;
 }
 
 static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 id)
@@ -357,4 +401,12 @@ static __always_inline __u64 lb_host_netns_cookie(void)
 	struct lb_config *c = bpf_map_lookup_elem(&cilium_lb_config_v1, &zero);
 
 	return c ? c->host_netns_cookie : 0;
+}
+
+static __always_inline __be32 lb_node_addr(void)
+{
+	__u32 zero = 0;
+	struct lb_config *c = bpf_map_lookup_elem(&cilium_lb_config_v1, &zero);
+
+	return c ? c->node_addr : 0;
 }

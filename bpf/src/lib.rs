@@ -43,6 +43,6 @@ pub use sys::boot_time_secs;
 pub use types::{
     CtEntry4, CtKey4, EndpointInfo, IpcacheValue, Lb4AffinityKey, Lb4AffinityVal, Lb4Backend,
     Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service, Lb4SkFwdKey, Lb4SkFwdVal, Lb4SkKey, Lb4SkVal,
-    LbConfig, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue, SNAT_DIR_IN, SNAT_DIR_OUT, Snat4Key,
-    Snat4Val,
+    Lb4SrcRangeKey, LbConfig, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue, SNAT_DIR_IN,
+    SNAT_DIR_OUT, Snat4Key, Snat4Val,
 };

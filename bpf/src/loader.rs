@@ -341,6 +341,7 @@ impl Datapath {
             (&mut m.cilium_lb4_sk_v1, names::LB_SK),
             (&mut m.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD),
             (&mut m.cilium_snat4_v1, names::SNAT4),
+            (&mut m.cilium_lb4_source_range_v1, names::LB_SRC_RANGE),
             (&mut m.cilium_lb_config_v1, names::LB_CONFIG),
         ] {
             replace_incompatible_pin(map, &root.join(name));
@@ -414,6 +415,10 @@ impl Datapath {
                     dup(&sm.cilium_lb4_sk_fwd_v1, names::LB_SK_FWD)?,
                 )?,
                 snat: TypedMap::new(names::SNAT4, dup(&sm.cilium_snat4_v1, names::SNAT4)?)?,
+                src_range: TypedMap::new(
+                    names::LB_SRC_RANGE,
+                    dup(&sm.cilium_lb4_source_range_v1, names::LB_SRC_RANGE)?,
+                )?,
                 config: TypedMap::new(
                     names::LB_CONFIG,
                     dup(&sm.cilium_lb_config_v1, names::LB_CONFIG)?,

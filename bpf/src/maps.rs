@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::types::{
     CtEntry4, CtKey4, DpConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
     Lb4AffinityKey, Lb4AffinityVal, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service,
-    Lb4SkFwdKey, Lb4SkFwdVal, Lb4SkKey, Lb4SkVal, LbConfig, MetricsKey, MetricsValue, Pod,
-    PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue, Snat4Key, Snat4Val,
+    Lb4SkFwdKey, Lb4SkFwdVal, Lb4SkKey, Lb4SkVal, Lb4SrcRangeKey, LbConfig, MetricsKey,
+    MetricsValue, Pod, PolicyCfg, PolicyCfgKey, PolicyKey, PolicyValue, Snat4Key, Snat4Val,
 };
 
 /// Pinned map names (file names under the bpf root).
@@ -57,6 +57,8 @@ pub mod names {
     pub const LB_SK_FWD: &str = "cilium_lb4_sk_fwd_v1";
     /// NodePort SNAT towards backends elsewhere (LRU, both directions).
     pub const SNAT4: &str = "cilium_snat4_v1";
+    /// `loadBalancerSourceRanges` per frontend (LPM trie).
+    pub const LB_SRC_RANGE: &str = "cilium_lb4_source_range_v1";
     /// Load-balancer runtime config.
     pub const LB_CONFIG: &str = "cilium_lb_config_v1";
     /// Every pinned map.
@@ -79,6 +81,7 @@ pub mod names {
         LB_SK,
         LB_SK_FWD,
         SNAT4,
+        LB_SRC_RANGE,
         LB_CONFIG,
     ];
 }
@@ -762,6 +765,8 @@ pub struct LbMaps {
     pub sk_fwd: TypedMap<Lb4SkFwdKey, Lb4SkFwdVal>,
     /// `cilium_snat4_v1` (LRU): NodePort SNAT towards backends elsewhere.
     pub snat: TypedMap<Snat4Key, Snat4Val>,
+    /// `cilium_lb4_source_range_v1` (LPM trie): allowed client prefixes per frontend.
+    pub src_range: TypedMap<Lb4SrcRangeKey, u32>,
     /// `cilium_lb_config_v1`.
     pub config: TypedMap<u32, LbConfig>,
 }
@@ -785,6 +790,7 @@ impl LbMaps {
             sk: TypedMap::open_pinned(root, names::LB_SK)?,
             sk_fwd: TypedMap::open_pinned(root, names::LB_SK_FWD)?,
             snat: TypedMap::open_pinned(root, names::SNAT4)?,
+            src_range: TypedMap::open_pinned(root, names::LB_SRC_RANGE)?,
             config: TypedMap::open_pinned(root, names::LB_CONFIG)?,
         })
     }
@@ -892,15 +898,45 @@ impl LbMaps {
     }
 
     /// Writes the netns cookie of the host namespace (external frontends are translated at
-    /// the socket layer only there).
-    pub fn set_host_netns_cookie(&self, cookie: u64) -> Result<()> {
+    /// the socket layer only there) and the node address unbound host sockets are checked
+    /// with against `loadBalancerSourceRanges` (`None`: unknown, only `0.0.0.0/0` admits
+    /// them).
+    pub fn set_lb_config(&self, host_netns_cookie: u64, node_addr: Option<Ipv4Addr>) -> Result<()> {
         self.config.insert(
             &0,
             &LbConfig {
-                host_netns_cookie: cookie,
+                host_netns_cookie,
                 flags: 0,
-                pad: 0,
+                node_addr: node_addr.map_or(0, |a| u32::from_ne_bytes(a.octets())),
             },
         )
+    }
+
+    /// Adds the allowed client prefixes `(service id, prefix, length)` (host bits cleared).
+    pub fn add_src_ranges(&self, ranges: &[(u16, Ipv4Addr, u8)]) -> Result<()> {
+        ranges
+            .iter()
+            .try_for_each(|&(id, a, l)| self.src_range.insert(&Lb4SrcRangeKey::new(id, a, l), &0))
+    }
+
+    /// Removes allowed client prefixes (absent ones are ignored).
+    pub fn remove_src_ranges(&self, ranges: &[(u16, Ipv4Addr, u8)]) -> Result<usize> {
+        let keys: Vec<Lb4SrcRangeKey> = ranges
+            .iter()
+            .map(|&(id, a, l)| Lb4SrcRangeKey::new(id, a, l))
+            .collect();
+        self.src_range.delete_many(&keys)
+    }
+
+    /// Every allowed client prefix as `(service id, prefix, length)`, sorted.
+    pub fn src_ranges(&self) -> Result<Vec<(u16, Ipv4Addr, u8)>> {
+        let mut v: Vec<(u16, Ipv4Addr, u8)> = self
+            .src_range
+            .entries()?
+            .into_iter()
+            .map(|(k, _)| (k.rev_nat_id, k.addr(), k.prefix_len()))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
     }
 }

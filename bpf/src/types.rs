@@ -423,6 +423,9 @@ pub const SVC_F_NO_BACKENDS: u8 = 2;
 /// `lb4_service.flags`: NodePort / ExternalIP / LoadBalancer frontend (socket-translated only
 /// in the host network namespace).
 pub const SVC_F_EXTERNAL: u8 = 4;
+/// `lb4_service.flags`: only clients in `cilium_lb4_source_range_v1` under the frontend's
+/// service id reach it (`loadBalancerSourceRanges`).
+pub const SVC_F_SRC_RANGE: u8 = 8;
 /// `lb4_service.algorithm`: random slot.
 pub const LB_ALG_RANDOM: u8 = 0;
 /// `lb4_service.algorithm`: Maglev table lookup on the flow hash.
@@ -697,8 +700,48 @@ pub struct LbConfig {
     pub host_netns_cookie: u64,
     /// Reserved, 0.
     pub flags: u32,
+    /// The node address (network order) unbound host sockets are checked with against
+    /// `loadBalancerSourceRanges`; 0 when unknown.
+    pub node_addr: u32,
+}
+
+/// Key of `cilium_lb4_source_range_v1` (`struct lb4_src_range_key`, LPM trie), 12 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4SrcRangeKey {
+    /// 32 (service id and pad) + the client prefix length.
+    pub prefixlen: u32,
+    /// Reverse-NAT id of the frontend.
+    pub rev_nat_id: u16,
     /// Padding, keep 0.
-    pub pad: u32,
+    pub pad: u16,
+    /// Client prefix (network order, host bits zero).
+    pub addr: u32,
+}
+
+impl Lb4SrcRangeKey {
+    /// Bits of `prefixlen` before the client prefix (the service id and pad).
+    pub const STATIC_PREFIX: u32 = 32;
+
+    /// The key of `addr/len` for frontend `rev_nat_id`; host bits are cleared.
+    pub fn new(rev_nat_id: u16, addr: Ipv4Addr, len: u8) -> Self {
+        let len = u32::from(len.min(32));
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Self {
+            prefixlen: Self::STATIC_PREFIX + len,
+            rev_nat_id,
+            pad: 0,
+            addr: (u32::from(addr) & mask).to_be(),
+        }
+    }
+    /// The client prefix.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self.addr))
+    }
+    /// The client prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        u8::try_from(self.prefixlen.saturating_sub(Self::STATIC_PREFIX).min(32)).unwrap_or(32)
+    }
 }
 
 pod!(
@@ -715,6 +758,7 @@ pod!(
     Lb4SkFwdVal,
     Snat4Key,
     Snat4Val,
+    Lb4SrcRangeKey,
     LbConfig
 );
 
@@ -832,7 +876,16 @@ mod tests {
             [saddr, daddr, sport, dport, proto, dir, pad]
         );
         same_layout!(Snat4Val, c::snat4_val, [address, port, pad]);
-        same_layout!(LbConfig, c::lb_config, [host_netns_cookie, flags, pad]);
+        same_layout!(
+            LbConfig,
+            c::lb_config,
+            [host_netns_cookie, flags, node_addr]
+        );
+        same_layout!(
+            Lb4SrcRangeKey,
+            c::lb4_src_range_key,
+            [prefixlen, rev_nat_id, pad, addr]
+        );
         same_layout!(MetricsKey, c::metrics_key, [reason, dir, pad]);
         same_layout!(MetricsValue, c::metrics_value, [packets, bytes]);
         same_layout!(
@@ -918,6 +971,7 @@ mod tests {
         assert_eq!(size_of::<Lb4SkFwdKey>(), 16);
         assert_eq!(size_of::<Lb4SkFwdVal>(), 8);
         assert_eq!(size_of::<LbConfig>(), 16);
+        assert_eq!(size_of::<Lb4SrcRangeKey>(), 12);
     }
 
     #[test]

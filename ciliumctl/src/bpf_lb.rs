@@ -34,6 +34,9 @@ pub async fn run_lb(client: &Client, format: Format, action: LbAction) -> anyhow
         if s.affinity_timeout_secs > 0 {
             details.push(format!("affinity-timeout={}s", s.affinity_timeout_secs));
         }
+        if !s.source_ranges.is_empty() {
+            details.push(format!("from={}", s.source_ranges.join("+")));
+        }
         t.row([
             s.frontend.clone(),
             s.protocol.clone(),

@@ -696,6 +696,8 @@ pub struct Outside {
     pub host_ip: Ipv4Addr,
     /// The outside client's address.
     pub peer_ip: Ipv4Addr,
+    /// Interface name inside the namespace.
+    peer_if: String,
 }
 
 impl Outside {
@@ -715,8 +717,9 @@ impl Outside {
             host_if,
             host_ip,
             peer_ip,
+            peer_if,
         };
-        run_ok(Command::new("ip").args(["link", "set", &peer_if, "netns", &me.netns.name]));
+        run_ok(Command::new("ip").args(["link", "set", &me.peer_if, "netns", &me.netns.name]));
         run_ok(Command::new("ip").args([
             "addr",
             "add",
@@ -732,9 +735,9 @@ impl Outside {
             "add",
             &format!("{peer_ip}/24"),
             "dev",
-            &peer_if,
+            &me.peer_if,
         ]));
-        run_ok(Command::new("ip").args(["-n", &me.netns.name, "link", "set", &peer_if, "up"]));
+        run_ok(Command::new("ip").args(["-n", &me.netns.name, "link", "set", &me.peer_if, "up"]));
         run_ok(Command::new("ip").args([
             "-n",
             &me.netns.name,
@@ -752,6 +755,27 @@ impl Outside {
         self.run("tcp", addr, count, timeout_ms)
     }
 
+    /// A second client address in the outside subnet (`x.y.z.host`), for [`Outside::tcp_from`].
+    pub fn add_client_address(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.peer_ip.octets();
+        let ip = Ipv4Addr::new(a, b, c, host);
+        run_ok(Command::new("ip").args([
+            "-n",
+            &self.netns.name,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &self.peer_if,
+        ]));
+        ip
+    }
+
+    /// Like [`Outside::tcp`], connecting from the outside address `src`.
+    pub fn tcp_from(&self, src: Ipv4Addr, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
+        self.run_from(Some(src), "tcp", addr, count, timeout_ms)
+    }
+
     /// `count` datagrams from one unconnected UDP socket in the outside namespace.
     pub fn udp(&self, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
         self.run("udp", addr, count, timeout_ms)
@@ -764,13 +788,23 @@ impl Outside {
     }
 
     fn run(&self, mode: &str, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
+        self.run_from(None, mode, addr, count, timeout_ms)
+    }
+
+    fn run_from(
+        &self,
+        src: Option<Ipv4Addr>,
+        mode: &str,
+        addr: &str,
+        count: u32,
+        timeout_ms: u64,
+    ) -> Vec<Reply> {
         let prog = bin("lb-client").display().to_string();
-        let out = run(self.netns.cmd(&prog).args([
-            mode,
-            addr,
-            &count.to_string(),
-            &timeout_ms.to_string(),
-        ]));
+        let mut cmd = self.netns.cmd(&prog);
+        if let Some(src) = src {
+            cmd.env("LB_CLIENT_BIND", src.to_string());
+        }
+        let out = run(cmd.args([mode, addr, &count.to_string(), &timeout_ms.to_string()]));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(Reply::parse)

@@ -2,16 +2,19 @@
 //! the remote client; the agent's `--devices` is the host side of that pair, so its address is
 //! the node address NodePort frontends are made on. Also externalTrafficPolicy Local.
 //!
-//! Pod ranges 10.235.0.0/24, 10.236.0.0/24 and 10.242.0.0/24; outside links 10.235.200.0/24,
-//! 10.236.200.0/24, 10.242.200.0/24 and 10.242.201.0/24.
+//! Also loadBalancerSourceRanges on a LoadBalancer ingress IP.
+//!
+//! Pod ranges 10.235.0.0/24, 10.236.0.0/24, 10.242.0.0/24 and 10.244.0.0/24; outside links
+//! 10.235.200.0/24, 10.236.200.0/24, 10.242.200.0/24, 10.242.201.0/24 and 10.244.200.0/24.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use cilium_e2e::services::{
-    Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps, frontends, lb_args,
-    require_lb, serve, serve_in, service_yaml, slice_yaml, start_agent, tokens, wait_programmed,
+    Client, Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps, frontends,
+    lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml, start_agent, tokens,
+    wait_programmed,
 };
 use cilium_e2e::{Pod, wait_until};
 
@@ -380,4 +383,195 @@ fn check_nodeport_replies(
             Reply::Err(k) => panic!("{what}: a request failed ({k}): {r:?}\n{}", dump(agent)),
         }
     }
+}
+
+/// The LoadBalancer frontend of `svc` in `bpf lb list`: its flags and source ranges.
+fn lb_entry(agent: &cilium_e2e::Agent, frontend: &str) -> (Vec<String>, Vec<String>) {
+    let v = agent.ctl_json(&["bpf", "lb", "list"]);
+    let strings = |x: &serde_json::Value| -> Vec<String> {
+        x.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["frontend"] == frontend))
+        .map(|s| (strings(&s["flags"]), strings(&s["source_ranges"])))
+        .unwrap_or_default()
+}
+
+/// loadBalancerSourceRanges: the LoadBalancer ingress IP admits only the listed clients,
+/// whether they come from outside (two addresses of the outside namespace), from a pod or
+/// from the host; the NodePort of the same service stays open; the ranges can be widened
+/// and removed live.
+#[test]
+fn load_balancer_source_ranges_admit_only_listed_clients() {
+    let Some(cg) = require_lb("load_balancer_source_ranges_admit_only_listed_clients") else {
+        return;
+    };
+    let out = Outside::new(Ipv4Addr::new(10, 244, 200, 0));
+    let other = out.add_client_address(3);
+    let _fwd = enable_forwarding();
+    let node = "e2e-lbsr";
+    let agent = start_agent(
+        "10.244.0.0/24",
+        &lb_args(
+            &cg,
+            "10.244.1.0/24",
+            &["--node-name", node, "--devices", &out.host_if],
+        ),
+    );
+    let b1 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b1");
+    let client = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=c1");
+    let _s1 = serve(&b1, "b1", &[8080], &[]);
+    let vip = Ipv4Addr::new(10, 244, 1, 10);
+    let lb_ip = Ipv4Addr::new(10, 244, 100, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31244)];
+    let svc = |ranges: &[&str]| {
+        let extra = if ranges.is_empty() {
+            "  type: LoadBalancer\n".to_string()
+        } else {
+            format!(
+                "  type: LoadBalancer\n  loadBalancerSourceRanges: [{}]\n",
+                ranges.join(", ")
+            )
+        };
+        format!(
+            "{}status:\n  loadBalancer:\n    ingress:\n    - ip: {lb_ip}\n",
+            service_yaml(NS, "lbsr", vip, &ports, &extra)
+        )
+    };
+    let slice = slice_yaml(NS, "lbsr", "lbsr-1", &[SliceEp::ready(b1.ip, node)], &ports);
+    let only_peer = format!("\"{}/32\"", out.peer_ip);
+    apply(&agent, &format!("{}{slice}", svc(&[&only_peer])));
+    let lb = format!("{lb_ip}:80");
+    let np = format!("{}:31244", out.host_ip);
+    let backends = eps(&[b1.ip], 8080);
+    wait_programmed(&agent, &format!("{lb}/tcp"), &backends);
+    wait_programmed(&agent, &format!("{np}/tcp"), &backends);
+    let (flags, ranges) = lb_entry(&agent, &lb);
+    assert!(
+        flags.iter().any(|f| f == "source-range") && ranges == [format!("{}/32", out.peer_ip)],
+        "the LoadBalancer frontend must carry its source range in the maps: flags {flags:?}, \
+         ranges {ranges:?}\n{}",
+        dump(&agent)
+    );
+    let (np_flags, _) = lb_entry(&agent, &np);
+    assert!(
+        !np_flags.iter().any(|f| f == "source-range"),
+        "the NodePort frontend must not be restricted: {np_flags:?}"
+    );
+
+    // The listed client gets through.
+    let first = outside_until_ok(&out, &lb);
+    assert_eq!(
+        first.token(),
+        Some("b1"),
+        "the listed outside client cannot reach {lb}: {first:?}\n{}",
+        dump(&agent)
+    );
+    // Everyone else is dropped at the frontend: the other outside address, a pod, the host.
+    let r = out.tcp_from(other, &lb, 2, 700);
+    assert!(
+        !r.is_empty() && r.iter().all(|x| x == &Reply::Err("timeout".into())),
+        "{other} is outside the source ranges, its connections to {lb} must be dropped: \
+         {r:?}\n{}",
+        dump(&agent)
+    );
+    let pod = Client::pod_out(&client);
+    let r = pod.tcp(&lb, 1, 700);
+    assert_eq!(
+        r,
+        [Reply::Err("timeout".into())],
+        "pod {} is outside the source ranges: {r:?}",
+        client.ip
+    );
+    let host = Client::host_in(&cg);
+    let r = host.tcp(&lb, 1, 700);
+    assert_eq!(
+        r,
+        [Reply::Err("denied".into())],
+        "the host (node address {}) is outside the source ranges; its connect() must fail \
+         with EPERM: {r:?}",
+        out.host_ip
+    );
+    let dropped = drops(&agent, "lb-source-range");
+    assert!(
+        dropped >= 3,
+        "the drops must be counted under lb-source-range, got {dropped}\n{}",
+        dump(&agent)
+    );
+    // The NodePort of the same service is not restricted.
+    let r = out.tcp_from(other, &np, 1, 2000);
+    assert_eq!(
+        r.first().and_then(Reply::token),
+        Some("b1"),
+        "NodePort {np} from {other}: {r:?}"
+    );
+
+    // Widened live: the outside subnet (host address included) and the pod range.
+    apply(
+        &agent,
+        &svc(&["\"10.244.200.0/24\"", "\" 10.244.0.0/24 \""]),
+    );
+    let mut last = Vec::new();
+    let widened = wait_until(Duration::from_secs(10), || {
+        last = out.tcp_from(other, &lb, 1, 700);
+        last.first().and_then(Reply::token) == Some("b1")
+    });
+    assert!(
+        widened,
+        "{other} is inside 10.244.200.0/24 now: {last:?}\n{}",
+        dump(&agent)
+    );
+    for (who, r) in [
+        ("the pod", pod.tcp(&lb, 3, 2000)),
+        ("the host", host.tcp(&lb, 3, 2000)),
+    ] {
+        assert!(
+            r.iter().all(|x| x.token() == Some("b1")),
+            "{who} is inside the widened ranges: {r:?}\n{}",
+            dump(&agent)
+        );
+    }
+    let (_, ranges) = lb_entry(&agent, &lb);
+    assert_eq!(
+        ranges,
+        ["10.244.0.0/24", "10.244.200.0/24"],
+        "ranges in the map"
+    );
+
+    // Removed: the flag goes and so do the map entries; everyone gets through.
+    apply(&agent, &svc(&[]));
+    let cleared = wait_until(Duration::from_secs(10), || {
+        let (f, r) = lb_entry(&agent, &lb);
+        !f.iter().any(|x| x == "source-range") && r.is_empty()
+    });
+    assert!(
+        cleared,
+        "source ranges still in the maps: {:?}",
+        lb_entry(&agent, &lb)
+    );
+    let r = out.tcp_from(other, &lb, 2, 2000);
+    assert!(
+        r.iter().all(|x| x.token() == Some("b1")),
+        "without source ranges {other} reaches {lb}: {r:?}"
+    );
+}
+
+/// Packets the datapath dropped for `reason` (both directions).
+fn drops(agent: &cilium_e2e::Agent, reason: &str) -> u64 {
+    agent
+        .ctl_json(&["bpf", "metrics", "list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["reason"] == reason)
+        .filter_map(|r| r["packets"].as_u64())
+        .sum()
 }

@@ -35,6 +35,10 @@ pub struct FrontendInfo {
     /// The backends new connections go to (empty: connections are refused).
     #[serde(default)]
     pub backends: Vec<FrontendBackendInfo>,
+    /// Client prefixes allowed to reach it (`loadBalancerSourceRanges`, LoadBalancer
+    /// frontends); empty = every client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<String>,
     /// Reconcile status into the BPF maps (`pending`, `done`, `error: ...`).
     #[serde(default)]
     pub status: String,
@@ -107,6 +111,9 @@ pub struct ServiceInfo {
     /// ClientIP affinity timeout in seconds (0 without affinity).
     #[serde(default)]
     pub affinity_timeout_secs: u32,
+    /// `loadBalancerSourceRanges`: the only clients its LoadBalancer frontends admit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
     /// `Cluster` or `Local`.
     pub external_traffic_policy: String,
     /// `Cluster` or `Local`.

@@ -58,6 +58,7 @@ pub fn measure(dp: &Datapath) -> Vec<MapPressure> {
     typed(lb.sk.name(), lb.sk.fill_ratio());
     typed(lb.sk_fwd.name(), lb.sk_fwd.fill_ratio());
     typed(lb.snat.name(), lb.snat.fill_ratio());
+    typed(lb.src_range.name(), lb.src_range.fill_ratio());
     // `cilium_config_v1` is an array of one slot, always full: no pressure to report.
     let metrics = &m.metrics.0;
     out.push(MapPressure {

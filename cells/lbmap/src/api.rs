@@ -14,7 +14,7 @@ use cilium_api::models::{
 };
 use cilium_bpf::types::{
     CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL, SVC_F_NO_BACKENDS,
+    SVC_F_EXTERNAL, SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE,
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SNAT_DIR_OUT};
 use serde::Deserialize;
@@ -57,6 +57,7 @@ fn ep(addr: Ipv4Addr, port: u16) -> String {
 pub fn decode_services(
     entries: &[(Lb4Key, Lb4Service)],
     backends: &BTreeMap<u32, Lb4Backend>,
+    ranges: &[(u16, Ipv4Addr, u8)],
 ) -> Vec<BpfLbService> {
     type Decoded = (Option<Lb4Service>, BTreeMap<u16, u32>);
     let mut by_fe: BTreeMap<(Ipv4Addr, u16, u8), Decoded> = BTreeMap::new();
@@ -82,6 +83,15 @@ pub fn decode_services(
             if h.flags & SVC_F_EXTERNAL != 0 {
                 flags.push("external".to_string());
             }
+            let mut source_ranges = Vec::new();
+            if h.flags & SVC_F_SRC_RANGE != 0 {
+                flags.push("source-range".to_string());
+                source_ranges = ranges
+                    .iter()
+                    .filter(|(id, _, _)| *id == h.rev_nat_id)
+                    .map(|(_, a, l)| format!("{a}/{l}"))
+                    .collect();
+            }
             let maglev = h.algorithm == LB_ALG_MAGLEV;
             Some(BpfLbService {
                 frontend: ep(addr, port),
@@ -92,6 +102,7 @@ pub fn decode_services(
                 maglev_table_size: if maglev { h.backend_id } else { 0 },
                 flags,
                 affinity_timeout_secs: h.affinity_timeout,
+                source_ranges,
                 slots: slots
                     .into_iter()
                     .filter(|(s, _)| *s <= h.count)
@@ -138,7 +149,7 @@ async fn bpf_lb(
     let list = blocking("reading the load-balancer maps", move || {
         let lb = &dp.maps().lb;
         let backends: BTreeMap<u32, Lb4Backend> = lb.backends.entries()?.into_iter().collect();
-        let services = decode_services(&lb.services.entries()?, &backends);
+        let services = decode_services(&lb.services.entries()?, &backends, &lb.src_ranges()?);
         let backends = if q.backends {
             backends
                 .iter()
@@ -271,7 +282,7 @@ mod tests {
         ];
         let backends =
             BTreeMap::from([(3, Lb4Backend::new(Ipv4Addr::new(10, 200, 0, 5), 8080, 6, 0))]);
-        let s = decode_services(&entries, &backends);
+        let s = decode_services(&entries, &backends, &[]);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].frontend, "10.96.0.10:80");
         assert_eq!(s[0].flags, vec!["affinity"]);

@@ -18,7 +18,7 @@ pub mod ops;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cilium_loadbalancer::{Frontend, LbConfig};
+use cilium_loadbalancer::{Frontend, LbConfig, NodeAddresses};
 use hive::{BoxCell, Config, Invoke, JobGroup, Module};
 use serde::Serialize;
 use statedb::reconciler::ReconcilerMetrics;
@@ -81,6 +81,11 @@ impl FrontendSource for Frontend {
                 })
                 .collect(),
             affinity_timeout_secs: self.affinity_timeout_secs,
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .map(|n| (n.network(), n.prefix_len()))
+                .collect(),
         }
     }
 }
@@ -93,6 +98,7 @@ fn start(
     table: Option<Arc<Table<Frontend>>>,
     dp: Arc<cilium_bpf::Datapath>,
     node: Option<Arc<cilium_node::Node>>,
+    addrs: Option<Arc<NodeAddresses>>,
     routes: Arc<cilium_api::routes::ApiRoutes>,
     jobs: JobGroup,
     metrics: Option<Arc<ReconcilerMetrics>>,
@@ -113,8 +119,14 @@ fn start(
         Some(p) => p.clone(),
         None => cgroup::default_root().ok_or(Error::NoCgroup2)?,
     };
+    // Unbound host sockets are checked against loadBalancerSourceRanges as this address:
+    // --node-ip, else the lowest node address.
+    let node_addr = node
+        .as_ref()
+        .and_then(|n| n.ip)
+        .or_else(|| addrs.as_ref().and_then(|a| a.0.first().copied()));
     if let Some(cookie) = cgroup::own_netns_cookie() {
-        dp.maps().lb.set_host_netns_cookie(cookie)?;
+        dp.maps().lb.set_lb_config(cookie, node_addr)?;
     }
     dp.attach_cgroup(&cgroup)?;
     let devices = node.as_ref().map(|n| n.devices.clone()).unwrap_or_default();

@@ -5,15 +5,16 @@
 //! 1. backends (id → address) of the new selection,
 //! 2. backend slots `1..=n`,
 //! 3. the Maglev table (a new inner map swapped in at once),
-//! 4. reverse NAT (service id → frontend),
+//! 4. reverse NAT (service id → frontend), and the `loadBalancerSourceRanges` prefixes the
+//!    frontend gains,
 //! 5. the slot-0 header with the new count (the switch-over),
-//! 6. surplus slots `n+1..=old n` trimmed,
+//! 6. surplus slots `n+1..=old n` trimmed, and the source ranges it lost deleted,
 //! 7. state of backends that left the frontend flushed (UDP conntrack, affinity,
 //!    unconnected-socket choices) so their flows move, and backends no frontend uses
 //!    deleted.
 //!
 //! Deleting a frontend removes the header first, then its slots, Maglev table, reverse
-//! NAT and orphaned backends. The operations keep a shadow of what they wrote, loaded from
+//! NAT, source ranges and orphaned backends. The operations keep a shadow of what they wrote, loaded from
 //! the maps on first use (restart) and dropped on error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cilium_bpf::types::{
     CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, LB_ALG_RANDOM, SVC_F_AFFINITY, SVC_F_EXTERNAL,
-    SVC_F_NO_BACKENDS,
+    SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE,
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service};
 use parking_lot::Mutex;
@@ -78,7 +79,13 @@ pub struct FrontendDesc {
     pub backends: Vec<BackendDesc>,
     /// ClientIP affinity timeout (s), 0 = none.
     pub affinity_timeout_secs: u32,
+    /// `loadBalancerSourceRanges` (prefix, length; host bits zero): when not empty only
+    /// clients in one of them reach the frontend.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
+
+/// A `loadBalancerSourceRanges` entry of the maps: service id, client prefix, length.
+pub type SrcRange = (u16, Ipv4Addr, u8);
 
 /// Frontend key: address, port, protocol.
 pub type FrontendKey = (Ipv4Addr, u16, u8);
@@ -119,6 +126,12 @@ pub trait LbBackend: Send + Sync + 'static {
     }
     /// Deletes a reverse-NAT entry (absent is fine).
     fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error>;
+    /// Adds allowed client prefixes.
+    fn write_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error>;
+    /// Deletes allowed client prefixes (absent is fine).
+    fn delete_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error>;
+    /// Every allowed client prefix.
+    fn src_ranges(&self) -> Result<Vec<SrcRange>, cilium_bpf::Error>;
     /// Every service entry.
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error>;
     /// Every backend id.
@@ -188,6 +201,15 @@ impl LbBackend for Arc<Datapath> {
                 pad: 0,
             })
             .map(|_| ())
+    }
+    fn write_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.add_src_ranges(r)
+    }
+    fn delete_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error> {
+        self.maps().lb.remove_src_ranges(r).map(|_| ())
+    }
+    fn src_ranges(&self) -> Result<Vec<SrcRange>, cilium_bpf::Error> {
+        self.maps().lb.src_ranges()
     }
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error> {
         self.maps().lb.services.entries()
@@ -269,6 +291,15 @@ struct Written {
     backends: Vec<u32>,
     /// Backend addresses (for flushing).
     addrs: BTreeMap<u32, Lb4Backend>,
+    /// Source ranges written under `service_id`.
+    ranges: BTreeSet<(Ipv4Addr, u8)>,
+}
+
+impl Written {
+    /// Its source ranges as map entries under service id `id`.
+    fn range_entries(&self, id: u16) -> Vec<SrcRange> {
+        self.ranges.iter().map(|&(a, l)| (id, a, l)).collect()
+    }
 }
 
 /// The `frontends` reconciler's operations over a backend.
@@ -354,6 +385,14 @@ impl<B: LbBackend> LbMapOps<B> {
                 slots.entry(key).or_default().insert(k.slot, v.backend_id);
             }
         }
+        let mut ranges: HashMap<u16, BTreeSet<(Ipv4Addr, u8)>> = HashMap::new();
+        for (id, a, l) in self
+            .backend
+            .src_ranges()
+            .map_err(map_err("listing source ranges for", &none))?
+        {
+            ranges.entry(id).or_default().insert((a, l));
+        }
         let mut out = HashMap::new();
         for (key, s) in &slots {
             let h = headers.get(key);
@@ -365,12 +404,16 @@ impl<B: LbBackend> LbMapOps<B> {
                     service_id: h.map_or(0, |h| h.rev_nat_id),
                     backends: s.values().copied().collect(),
                     addrs: BTreeMap::new(),
+                    ranges: h
+                        .and_then(|h| ranges.get(&h.rev_nat_id).cloned())
+                        .unwrap_or_default(),
                 },
             );
         }
         for (key, h) in headers {
             out.entry(key).or_insert(Written {
                 service_id: h.rev_nat_id,
+                ranges: ranges.get(&h.rev_nat_id).cloned().unwrap_or_default(),
                 ..Default::default()
             });
         }
@@ -411,6 +454,9 @@ impl<B: LbBackend> LbMapOps<B> {
         if d.external {
             flags |= SVC_F_EXTERNAL;
         }
+        if !d.source_ranges.is_empty() {
+            flags |= SVC_F_SRC_RANGE;
+        }
         Lb4Service {
             backend_id: if maglev { self.maglev_size } else { 0 },
             affinity_timeout: d.affinity_timeout_secs,
@@ -450,6 +496,7 @@ impl<B: LbBackend> LbMapOps<B> {
             let mut backends: Vec<(u32, Lb4Backend)> = Vec::new();
             let mut slots: Vec<(Lb4Key, Lb4Service)> = Vec::new();
             let mut revnats: Vec<(u16, Lb4RevNat)> = Vec::with_capacity(ds.len());
+            let mut ranges: Vec<SrcRange> = Vec::new();
             let mut headers: Vec<(Lb4Key, Lb4Service)> = Vec::with_capacity(ds.len());
             let mut counts = Vec::with_capacity(ds.len());
             for d in ds {
@@ -466,6 +513,7 @@ impl<B: LbBackend> LbMapOps<B> {
                     ));
                 }
                 revnats.push((d.service_id, Lb4RevNat::new(d.address, d.port)));
+                ranges.extend(d.source_ranges.iter().map(|&(a, l)| (d.service_id, a, l)));
                 headers.push((
                     Lb4Key::new(d.address, d.port, d.proto, 0),
                     self.header(d, n),
@@ -504,6 +552,9 @@ impl<B: LbBackend> LbMapOps<B> {
             self.backend
                 .write_revnats(&revnats)
                 .map_err(map_err("writing reverse NAT of", &first))?;
+            self.backend
+                .write_src_ranges(&ranges)
+                .map_err(map_err("writing source ranges of", &first))?;
             // 5. headers: the switch-over
             self.backend
                 .write_services(&headers)
@@ -534,6 +585,17 @@ impl<B: LbBackend> LbMapOps<B> {
             self.backend
                 .delete_services(&surplus)
                 .map_err(map_err("trimming slots of", &key))?;
+        }
+        let new_ranges: BTreeSet<(Ipv4Addr, u8)> = d.source_ranges.iter().copied().collect();
+        let lost: Vec<SrcRange> = cur
+            .range_entries(cur.service_id)
+            .into_iter()
+            .filter(|&(id, a, l)| id != d.service_id || !new_ranges.contains(&(a, l)))
+            .collect();
+        if !lost.is_empty() {
+            self.backend
+                .delete_src_ranges(&lost)
+                .map_err(map_err("deleting source ranges of", &key))?;
         }
         if cur.service_id != 0 && cur.service_id != d.service_id {
             self.backend
@@ -568,6 +630,7 @@ impl<B: LbBackend> LbMapOps<B> {
                 service_id: d.service_id,
                 backends: ids,
                 addrs: addrs.clone(),
+                ranges: new_ranges,
             },
         );
         self.forget_backends(shadow, &key, cur.service_id, &removed, &cur.addrs)?;
@@ -713,6 +776,9 @@ impl<B: LbBackend> LbMapOps<B> {
                 .delete_revnat(id)
                 .map_err(map_err("deleting reverse NAT of", key))?;
         }
+        self.backend
+            .delete_src_ranges(&cur.range_entries(cur.service_id))
+            .map_err(map_err("deleting source ranges of", key))?;
         self.forget_backends(shadow, key, cur.service_id, &cur.backends, &cur.addrs)
     }
 
@@ -755,6 +821,24 @@ impl<B: LbBackend> LbMapOps<B> {
                     .delete_revnat(id)
                     .map_err(map_err("pruning reverse NAT for", &none))?;
             }
+        }
+        let want_ranges: BTreeSet<SrcRange> = wanted
+            .iter()
+            .flat_map(|d| d.source_ranges.iter().map(|&(a, l)| (d.service_id, a, l)))
+            .collect();
+        let stale_ranges: Vec<SrcRange> = self
+            .backend
+            .src_ranges()
+            .map_err(map_err("listing source ranges for", &none))?
+            .into_iter()
+            .filter(|r| !want_ranges.contains(r))
+            .collect();
+        self.backend
+            .delete_src_ranges(&stale_ranges)
+            .map_err(map_err("pruning source ranges for", &none))?;
+        for w in present.values_mut() {
+            w.ranges
+                .retain(|&(a, l)| want_ranges.contains(&(w.service_id, a, l)));
         }
         for id in self.backend.maglev_ids() {
             if !want_ids.contains(&id) || self.algorithm != Algorithm::Maglev {
@@ -831,6 +915,7 @@ mod tests {
         backends: Mutex<BTreeMap<u32, Lb4Backend>>,
         revnat: Mutex<BTreeMap<u16, Lb4RevNat>>,
         maglev: Mutex<BTreeMap<u16, Vec<u32>>>,
+        ranges: Mutex<BTreeSet<SrcRange>>,
         log: Mutex<Vec<String>>,
     }
 
@@ -882,6 +967,28 @@ mod tests {
             self.revnat.lock().remove(&id);
             Ok(())
         }
+        fn write_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error> {
+            if !r.is_empty() {
+                self.log.lock().push(format!("ranges {}", fmt_ranges(r)));
+            }
+            self.ranges.lock().extend(r.iter().copied());
+            Ok(())
+        }
+        fn delete_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error> {
+            if !r.is_empty() {
+                self.log
+                    .lock()
+                    .push(format!("del-ranges {}", fmt_ranges(r)));
+            }
+            let mut m = self.ranges.lock();
+            for x in r {
+                m.remove(x);
+            }
+            Ok(())
+        }
+        fn src_ranges(&self) -> Result<Vec<SrcRange>, cilium_bpf::Error> {
+            Ok(self.ranges.lock().iter().copied().collect())
+        }
         fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error> {
             Ok(self.services.lock().iter().map(|(k, v)| (*k, *v)).collect())
         }
@@ -924,7 +1031,78 @@ mod tests {
                 })
                 .collect(),
             affinity_timeout_secs: 0,
+            source_ranges: Vec::new(),
         }
+    }
+
+    fn fmt_ranges(r: &[SrcRange]) -> String {
+        let v: Vec<String> = r.iter().map(|(id, a, l)| format!("{id}:{a}/{l}")).collect();
+        v.join(",")
+    }
+
+    fn header_flags(fake: &Fake) -> u8 {
+        fake.services.lock()[&Lb4Key::new(Ipv4Addr::new(10, 96, 0, 10), 80, 6, 0)].flags
+    }
+
+    #[test]
+    fn source_ranges_are_written_before_the_header_and_deleted_after_it() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        let net = |a: [u8; 4], l: u8| (Ipv4Addr::from(a), l);
+        let mut d = fe(7, &[1]);
+        d.source_ranges = vec![net([192, 0, 2, 0], 24), net([198, 51, 100, 7], 32)];
+        ops.apply(&d).unwrap();
+        assert_eq!(
+            fake.log.lock().clone(),
+            vec![
+                "backends [1]",
+                "slots [1]",
+                "revnat 7",
+                "ranges 7:192.0.2.0/24,7:198.51.100.7/32",
+                "slots [0]"
+            ]
+        );
+        assert_ne!(header_flags(&fake) & SVC_F_SRC_RANGE, 0);
+        // One range replaced: the new one goes in before the header, the old one after.
+        fake.log.lock().clear();
+        d.source_ranges = vec![net([192, 0, 2, 0], 24), net([203, 0, 113, 0], 25)];
+        ops.apply(&d).unwrap();
+        let log = fake.log.lock().clone();
+        let pos = |l: &str| log.iter().position(|x| x == l).unwrap();
+        assert!(
+            pos("ranges 7:192.0.2.0/24,7:203.0.113.0/25") < pos("slots [0]")
+                && pos("slots [0]") < pos("del-ranges 7:198.51.100.7/32"),
+            "{log:?}"
+        );
+        // No ranges: the flag goes with the header, then the entries.
+        fake.log.lock().clear();
+        d.source_ranges.clear();
+        ops.apply(&d).unwrap();
+        assert_eq!(header_flags(&fake) & SVC_F_SRC_RANGE, 0);
+        assert_eq!(
+            fake.log.lock().last().map(String::as_str),
+            Some("del-ranges 7:192.0.2.0/24,7:203.0.113.0/25")
+        );
+        assert!(fake.ranges.lock().is_empty());
+        // Removal deletes them too, and a restart prunes what no frontend wants.
+        d.source_ranges = vec![net([192, 0, 2, 0], 24)];
+        ops.apply(&d).unwrap();
+        ops.remove(&d).unwrap();
+        assert!(fake.ranges.lock().is_empty());
+        ops.apply(&d).unwrap();
+        fake.ranges
+            .lock()
+            .insert((9, Ipv4Addr::new(10, 0, 0, 0), 8));
+        let restarted = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        restarted.prune_to(std::slice::from_ref(&d)).unwrap();
+        assert_eq!(
+            fake.ranges.lock().iter().copied().collect::<Vec<_>>(),
+            vec![(7, Ipv4Addr::new(192, 0, 2, 0), 24)]
+        );
+        // The reloaded shadow knows the written range: dropping it deletes it.
+        d.source_ranges.clear();
+        restarted.apply(&d).unwrap();
+        assert!(fake.ranges.lock().is_empty());
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn frontend_info(f: &Frontend) -> FrontendInfo {
                 state: b.state.as_str().to_string(),
             })
             .collect(),
+        source_ranges: f.source_ranges.iter().map(|n| n.to_string()).collect(),
         status: match (&f.status.kind, &f.status.error) {
             (StatusKind::Error, Some(e)) => format!("error: {e}"),
             (StatusKind::Pending, _) => "pending".into(),
@@ -99,6 +100,7 @@ pub fn service_info(
         }
         .to_string(),
         affinity_timeout_secs: svc.affinity_timeout_secs,
+        load_balancer_source_ranges: svc.source_ranges.iter().map(|n| n.to_string()).collect(),
         external_traffic_policy: policy(svc.ext_traffic_local),
         internal_traffic_policy: policy(svc.int_traffic_local),
         publish_not_ready_addresses: svc.publish_not_ready,

@@ -10,6 +10,7 @@ use cilium_resources::{
     Document, FieldError, Fields, ObjectId, ResourceKind, type_name, validate_dns_subdomain,
     validate_port_name,
 };
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use statedb::{Db, Index, Key, Query, Table, TableDef, key_from_str};
@@ -91,6 +92,10 @@ pub struct ServiceObj {
     pub lb_ingress_ips: Vec<Ipv4Addr>,
     /// ClientIP affinity timeout in seconds; 0 = `sessionAffinity: None`.
     pub affinity_timeout_secs: u32,
+    /// `spec.loadBalancerSourceRanges` (else the annotation
+    /// `service.beta.kubernetes.io/load-balancer-source-ranges`), host bits cleared, sorted.
+    #[serde(default)]
+    pub source_ranges: Vec<Ipv4Net>,
     /// `externalTrafficPolicy: Local`.
     pub ext_traffic_local: bool,
     /// `internalTrafficPolicy: Local`.
@@ -492,6 +497,7 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
             external_ips.push(ip);
         }
     }
+    let source_ranges = source_ranges(&mut f, doc, field("loadBalancerSourceRanges"), service_type);
     let affinity = f.string(field("sessionAffinity"), "spec.sessionAffinity");
     let client_ip = match affinity.as_deref() {
         None | Some("") | Some("None") => false,
@@ -594,12 +600,81 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         external_ips,
         lb_ingress_ips,
         affinity_timeout_secs: if client_ip { timeout } else { 0 },
+        source_ranges,
         ext_traffic_local,
         int_traffic_local,
         publish_not_ready,
         selector,
         created: next_created(),
     })
+}
+
+/// The annotation giving source ranges when `spec.loadBalancerSourceRanges` is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// `spec.loadBalancerSourceRanges` (a list of CIDRs), else the comma-separated annotation,
+/// as Kubernetes reads them: spaces trimmed, host bits allowed (and cleared). Only for
+/// type LoadBalancer.
+fn source_ranges(
+    f: &mut Fields,
+    doc: &Document,
+    spec_field: Option<&Value>,
+    service_type: ServiceType,
+) -> Vec<Ipv4Net> {
+    let mut raw: Vec<(String, String)> = Vec::new();
+    for (i, v) in f
+        .list(spec_field, "spec.loadBalancerSourceRanges")
+        .iter()
+        .enumerate()
+    {
+        let path = format!("spec.loadBalancerSourceRanges[{i}]");
+        match v {
+            Value::String(s) => raw.push((path, s.clone())),
+            other => f.error(
+                path,
+                format!("must be a CIDR string, got {}", type_name(other)),
+            ),
+        }
+    }
+    if raw.is_empty() {
+        let annotations = Fields::get(doc.metadata(), "annotations");
+        if let Some(Value::String(s)) = annotations.and_then(|a| a.get(SOURCE_RANGES_ANNOTATION)) {
+            let path = format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]");
+            raw.extend(
+                s.split(',')
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| (path.clone(), p.to_string())),
+            );
+        }
+    }
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    if service_type != ServiceType::LoadBalancer {
+        f.error(
+            &raw[0].0,
+            "source ranges may only be given when spec.type is LoadBalancer",
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (path, s) in raw {
+        let t = s.trim();
+        match t.parse::<Ipv4Net>() {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) if t.contains(':') => f.error(
+                path,
+                format!("{t:?}: IPv6 ranges are not supported (services are IPv4 only)"),
+            ),
+            Err(_) => f.error(
+                path,
+                format!("must be an IPv4 CIDR like 192.0.2.0/24, got {t:?}"),
+            ),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Validate an EndpointSlice document.

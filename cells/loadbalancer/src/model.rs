@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use statedb::reconciler::{Reconcilable, Status};
 use statedb::{Db, Index, Key, Query, Table, TableDef, key_from_str};
@@ -245,6 +246,10 @@ pub struct Frontend {
     pub backends: Vec<FrontendBackend>,
     /// ClientIP session affinity timeout in seconds; 0 = no affinity.
     pub affinity_timeout_secs: u32,
+    /// `loadBalancerSourceRanges` (LoadBalancer frontends only): when not empty, only
+    /// clients in one of them reach this frontend.
+    #[serde(default)]
+    pub source_ranges: Vec<Ipv4Net>,
     /// `externalTrafficPolicy: Local` (informative; already applied to `backends`).
     pub ext_traffic_local: bool,
     /// `internalTrafficPolicy: Local` (informative; already applied to `backends`).
@@ -270,6 +275,7 @@ impl Frontend {
             && self.port_name == other.port_name
             && self.backends == other.backends
             && self.affinity_timeout_secs == other.affinity_timeout_secs
+            && self.source_ranges == other.source_ranges
             && self.ext_traffic_local == other.ext_traffic_local
             && self.int_traffic_local == other.int_traffic_local
     }
@@ -426,6 +432,9 @@ pub struct Service {
     pub lb_ingress_ips: Vec<Ipv4Addr>,
     /// ClientIP affinity timeout in seconds; 0 = none.
     pub affinity_timeout_secs: u32,
+    /// `loadBalancerSourceRanges` (applied to the LoadBalancer frontends).
+    #[serde(default)]
+    pub source_ranges: Vec<Ipv4Net>,
     /// `externalTrafficPolicy: Local`.
     pub ext_traffic_local: bool,
     /// `internalTrafficPolicy: Local`.

@@ -944,3 +944,88 @@ async fn writer_job_follows_applies() {
     cancel.cancel();
     job.await.unwrap().unwrap();
 }
+
+#[test]
+fn load_balancer_source_ranges_apply_to_load_balancer_frontends_only() {
+    let fx = Fixture::new();
+    let a = fx.agent();
+    let lb = "  type: LoadBalancer\n  clusterIP: 10.96.0.40\n  ports:\n  - port: 80\n    nodePort: 30040\n";
+    let status = "status:\n  loadBalancer:\n    ingress:\n    - ip: 198.51.100.40\n";
+    a.apply(&format!(
+        "{}{status}",
+        svc(
+            "open",
+            &format!("{lb}  loadBalancerSourceRanges: [\" 203.0.113.9/24 \", 192.0.2.7/32, 203.0.113.0/24]")
+        )
+    ));
+    let want: Vec<Ipv4Net> = vec![
+        "192.0.2.7/32".parse().unwrap(),
+        "203.0.113.0/24".parse().unwrap(),
+    ];
+    assert_eq!(
+        a.frontend("198.51.100.40:80/TCP").unwrap().source_ranges,
+        want,
+        "trimmed, host bits cleared, sorted, deduplicated"
+    );
+    assert!(
+        a.frontend("10.96.0.40:80/TCP")
+            .unwrap()
+            .source_ranges
+            .is_empty()
+    );
+    assert!(
+        a.frontend("192.0.2.1:30040/TCP")
+            .unwrap()
+            .source_ranges
+            .is_empty()
+    );
+    assert_eq!(a.service("default", "open").unwrap().source_ranges, want);
+
+    // The annotation, when the field is empty.
+    let annotated = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ann\n  annotations:\n    {SOURCE_RANGES_ANNOTATION}: \"10.1.0.0/16, 10.2.0.0/16\"\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.41\n  ports:\n  - port: 80\n    nodePort: 30041\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 198.51.100.41\n"
+    );
+    a.apply(&annotated);
+    assert_eq!(
+        a.frontend("198.51.100.41:80/TCP").unwrap().source_ranges,
+        vec![
+            "10.1.0.0/16".parse::<Ipv4Net>().unwrap(),
+            "10.2.0.0/16".parse().unwrap()
+        ]
+    );
+
+    // Removing them clears the frontend.
+    a.apply(&format!("{}{status}", svc("open", lb)));
+    assert!(
+        a.frontend("198.51.100.40:80/TCP")
+            .unwrap()
+            .source_ranges
+            .is_empty()
+    );
+
+    for (spec, want) in [
+        (
+            format!("{lb}  loadBalancerSourceRanges: [10.0.0.0/33]"),
+            "spec.loadBalancerSourceRanges[0]: must be an IPv4 CIDR like 192.0.2.0/24, got \"10.0.0.0/33\"",
+        ),
+        (
+            format!("{lb}  loadBalancerSourceRanges: [\"2001:db8::/32\"]"),
+            "IPv6 ranges are not supported",
+        ),
+        (
+            format!("{lb}  loadBalancerSourceRanges: [7]"),
+            "spec.loadBalancerSourceRanges[0]: must be a CIDR string, got a number",
+        ),
+        (
+            "  type: NodePort\n  ports:\n  - port: 80\n  loadBalancerSourceRanges: [10.0.0.0/8]"
+                .to_string(),
+            "spec.loadBalancerSourceRanges[0]: source ranges may only be given when spec.type is LoadBalancer",
+        ),
+    ] {
+        let errs = a.errors(&svc("bad", &spec));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "missing {want:?} in {errs:?}"
+        );
+    }
+}

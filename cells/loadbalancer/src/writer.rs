@@ -26,8 +26,8 @@ use crate::kinds::{
     ClusterIpSpec, EndpointSlice, NODE_PORT_RANGE, ServiceObj, service_object_query, slices_of,
 };
 use crate::model::{
-    Backend, BackendInstance, Frontend, FrontendBackend, L3n4Addr, L4Proto, ResolvedPort, Service,
-    ServiceName, backend_query, frontends_of, service_query,
+    Backend, BackendInstance, Frontend, FrontendBackend, FrontendKind, L3n4Addr, L4Proto,
+    ResolvedPort, Service, ServiceName, backend_query, frontends_of, service_query,
 };
 use crate::plan::{NodeInfo, PlannedBackend, plan_service};
 
@@ -943,6 +943,11 @@ impl Writer {
                     port_name: pf.port_name.clone(),
                     backends,
                     affinity_timeout_secs: obj.affinity_timeout_secs,
+                    source_ranges: if pf.kind == FrontendKind::LoadBalancer {
+                        obj.source_ranges.clone()
+                    } else {
+                        Vec::new()
+                    },
                     ext_traffic_local: obj.ext_traffic_local,
                     int_traffic_local: obj.int_traffic_local,
                     status: Status::pending(),
@@ -985,6 +990,7 @@ impl Writer {
             external_ips: obj.external_ips.clone(),
             lb_ingress_ips: obj.lb_ingress_ips.clone(),
             affinity_timeout_secs: obj.affinity_timeout_secs,
+            source_ranges: obj.source_ranges.clone(),
             ext_traffic_local: obj.ext_traffic_local,
             int_traffic_local: obj.int_traffic_local,
             publish_not_ready: obj.publish_not_ready,

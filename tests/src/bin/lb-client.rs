@@ -13,6 +13,8 @@
 //!                                                      to the next address); JSON
 //! ```
 //!
+//! `LB_CLIENT_BIND=IP` makes `tcp` connect from that source address.
+//!
 //! A result line is `ok TOKEN SEEN-CLIENT-IP REPLY-FROM` (REPLY-FROM: the peer as the socket
 //! reports it, getpeername for TCP, recvfrom's address for UDP) or `err KIND` where KIND is
 //! `refused`, `timeout`, `host-unreachable`, `net-unreachable`, `reset` or the OS error.
@@ -30,6 +32,8 @@ fn kind(e: &std::io::Error) -> String {
         K::HostUnreachable => "host-unreachable".into(),
         K::NetworkUnreachable => "net-unreachable".into(),
         K::ConnectionReset => "reset".into(),
+        _ if e.raw_os_error() == Some(nix::libc::EPERM) => "denied".into(),
+        _ if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => "timeout".into(),
         _ => format!("os-{}", e.raw_os_error().unwrap_or(-1)),
     }
 }
@@ -85,8 +89,48 @@ fn serve(token: &str, tcp: &[u16], udp: &[u16]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A TCP connection from `src` (port chosen by the kernel) to `addr`, giving up after
+/// `timeout` (SO_SNDTIMEO bounds a blocking connect).
+fn connect_from(
+    src: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+    let SocketAddr::V4(dst) = addr else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)),
+    )?;
+    let tv = nix::sys::time::TimeVal::new(
+        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(timeout.subsec_micros()),
+    );
+    setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(dst))?;
+    Ok(TcpStream::from(fd))
+}
+
 fn tcp_once(addr: SocketAddr, timeout: Duration) -> String {
-    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+    let bind = std::env::var("LB_CLIENT_BIND")
+        .ok()
+        .and_then(|b| b.parse::<std::net::Ipv4Addr>().ok());
+    let conn = match bind {
+        Some(src) => connect_from(src, addr, timeout),
+        None => TcpStream::connect_timeout(&addr, timeout),
+    };
+    let mut s = match conn {
         Ok(s) => s,
         Err(e) => return format!("err {}", kind(&e)),
     };
