@@ -2,15 +2,17 @@
 //! the remote client; the agent's `--devices` is the host side of that pair, so its address is
 //! the node address NodePort frontends are made on. Also externalTrafficPolicy Local.
 //!
-//! Also loadBalancerSourceRanges on a LoadBalancer ingress IP.
+//! Also loadBalancerSourceRanges on a LoadBalancer ingress IP, and healthCheckNodePort.
 //!
-//! Pod ranges 10.235.0.0/24, 10.236.0.0/24, 10.242.0.0/24 and 10.244.0.0/24; outside links
-//! 10.235.200.0/24, 10.236.200.0/24, 10.242.200.0/24, 10.242.201.0/24 and 10.244.200.0/24.
+//! Pod ranges 10.235.0.0/24, 10.236.0.0/24, 10.242.0.0/24, 10.244.0.0/24 and 10.244.2.0/24;
+//! outside links 10.235.200.0/24, 10.236.200.0/24, 10.242.200.0/24, 10.242.201.0/24,
+//! 10.244.200.0/24 and 10.244.201.0/24.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use cilium_e2e::model::ctl_apply;
 use cilium_e2e::services::{
     Client, Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps, frontends,
     lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml, start_agent, tokens,
@@ -574,4 +576,106 @@ fn drops(agent: &cilium_e2e::Agent, reason: &str) -> u64 {
         .filter(|r| r["reason"] == reason)
         .filter_map(|r| r["packets"].as_u64())
         .sum()
+}
+
+/// One HTTP GET of `/` at `addr`: status code and body.
+fn http_get(addr: &str) -> Result<(u16, String), String> {
+    use std::io::{Read as _, Write as _};
+    let a: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {raw:?}"))?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Ok((status, body))
+}
+
+/// healthCheckNodePort: a LoadBalancer service with externalTrafficPolicy Local gets a node
+/// port where this node answers 200 while it has a ready local endpoint and 503 when it has
+/// none, so an outside load balancer skips it; the port closes with the service.
+#[test]
+fn health_check_node_port_reports_local_endpoints() {
+    let Some(cg) = require_lb("health_check_node_port_reports_local_endpoints") else {
+        return;
+    };
+    let out = Outside::new(Ipv4Addr::new(10, 244, 201, 0));
+    let node = "e2e-hc";
+    let agent = start_agent(
+        "10.244.2.0/24",
+        &lb_args(
+            &cg,
+            "10.244.3.0/24",
+            &["--node-name", node, "--devices", &out.host_if],
+        ),
+    );
+    let b1 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b1");
+    let vip = Ipv4Addr::new(10, 244, 3, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31245)];
+    let service = service_yaml(
+        NS,
+        "hc",
+        vip,
+        &ports,
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 31246\n",
+    );
+    let slice = |ready: bool| {
+        let ep = SliceEp {
+            ready,
+            ..SliceEp::ready(b1.ip, node)
+        };
+        slice_yaml(NS, "hc", "hc-1", &[ep], &ports)
+    };
+    apply(&agent, &format!("{service}{}", slice(true)));
+    let hc = format!("{}:31246", out.host_ip);
+    let mut last = Err("never tried".to_string());
+    let up = wait_until(Duration::from_secs(10), || {
+        last = http_get(&hc);
+        matches!(&last, Ok((200, _)))
+    });
+    assert!(
+        up,
+        "health check {hc} with one local ready endpoint: {last:?}\n{}",
+        dump(&agent)
+    );
+    let (_, body) = last.clone().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(v["localEndpoints"], 1, "{body}");
+    assert_eq!(v["service"]["name"], "hc", "{body}");
+    let info = agent.ctl_json(&["service", "list"]);
+    assert!(
+        info.as_array()
+            .is_some_and(|a| a.iter().any(|s| s["health_check_node_port"] == 31246)),
+        "service list must show the health check port: {info}"
+    );
+
+    // The endpoint is no longer ready: 503, the outside load balancer stops sending here.
+    apply(&agent, &slice(false));
+    let drained = wait_until(Duration::from_secs(10), || {
+        last = http_get(&hc);
+        matches!(&last, Ok((503, _)))
+    });
+    assert!(
+        drained,
+        "health check {hc} without a ready local endpoint: {last:?}"
+    );
+
+    // The service goes: so does the port.
+    ctl_apply(&agent, "delete", &service).expect("delete the service");
+    let closed = wait_until(Duration::from_secs(10), || {
+        last = http_get(&hc);
+        last.as_ref().is_err_and(|e| e.contains("refused"))
+    });
+    assert!(
+        closed,
+        "health check port {hc} still answers after delete: {last:?}"
+    );
 }

@@ -116,6 +116,10 @@ pub struct ServiceInfo {
     pub load_balancer_source_ranges: Vec<String>,
     /// `Cluster` or `Local`.
     pub external_traffic_policy: String,
+    /// Node port answering HTTP health checks of the service on this node (LoadBalancer with
+    /// `externalTrafficPolicy: Local`); 0 = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub health_check_node_port: u16,
     /// `Cluster` or `Local`.
     pub internal_traffic_policy: String,
     /// `publishNotReadyAddresses`.
@@ -130,4 +134,8 @@ pub struct ServiceInfo {
     /// Why the service has no frontends (a conflict), when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }

@@ -102,6 +102,7 @@ pub fn service_info(
         affinity_timeout_secs: svc.affinity_timeout_secs,
         load_balancer_source_ranges: svc.source_ranges.iter().map(|n| n.to_string()).collect(),
         external_traffic_policy: policy(svc.ext_traffic_local),
+        health_check_node_port: svc.health_check_node_port,
         internal_traffic_policy: policy(svc.int_traffic_local),
         publish_not_ready_addresses: svc.publish_not_ready,
         frontends: frontends.iter().map(|f| frontend_info(f)).collect(),

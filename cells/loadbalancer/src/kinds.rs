@@ -98,6 +98,10 @@ pub struct ServiceObj {
     pub source_ranges: Vec<Ipv4Net>,
     /// `externalTrafficPolicy: Local`.
     pub ext_traffic_local: bool,
+    /// `spec.healthCheckNodePort` when given (type LoadBalancer with
+    /// `externalTrafficPolicy: Local` gets one allocated otherwise).
+    #[serde(default)]
+    pub health_check_node_port: Option<u16>,
     /// `internalTrafficPolicy: Local`.
     pub int_traffic_local: bool,
     /// `publishNotReadyAddresses`.
@@ -533,6 +537,34 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         field("externalTrafficPolicy"),
         "spec.externalTrafficPolicy",
     );
+    let mut health_check_node_port = None;
+    // 0 means "allocate one", as in Kubernetes.
+    if field("healthCheckNodePort").is_some_and(|v| v.as_i64() != Some(0)) {
+        let path = "spec.healthCheckNodePort";
+        let (lo, hi) = NODE_PORT_RANGE;
+        if let Some(p) = f.int(
+            field("healthCheckNodePort"),
+            path,
+            i64::from(lo),
+            i64::from(hi),
+        ) {
+            health_check_node_port = u16::try_from(p).ok();
+        }
+        if service_type != ServiceType::LoadBalancer || !ext_traffic_local {
+            f.error(
+                path,
+                "only allowed for type LoadBalancer with externalTrafficPolicy: Local",
+            );
+        }
+        if let Some(hc) = health_check_node_port
+            && let Some(i) = ports.iter().position(|p| p.node_port == Some(hc))
+        {
+            f.error(
+                path,
+                format!("{hc} is already used by spec.ports[{i}].nodePort"),
+            );
+        }
+    }
     let int_traffic_local = policy(
         &mut f,
         field("internalTrafficPolicy"),
@@ -602,6 +634,7 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         affinity_timeout_secs: if client_ip { timeout } else { 0 },
         source_ranges,
         ext_traffic_local,
+        health_check_node_port,
         int_traffic_local,
         publish_not_ready,
         selector,
@@ -929,6 +962,16 @@ pub fn conflicts(svc: &ServiceObj, claims: &Claims) -> Vec<FieldError> {
                 ),
             ));
         }
+    }
+    if let Some(hc) = svc.health_check_node_port
+        && let Some(owner) = claims
+            .node_port_owner(hc, L4Proto::Tcp)
+            .filter(|o| *o != me)
+    {
+        errors.push(FieldError::new(
+            "spec.healthCheckNodePort",
+            format!("{hc}/TCP is already used by service {owner}"),
+        ));
     }
     errors
 }

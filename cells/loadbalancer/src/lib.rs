@@ -23,6 +23,7 @@
 pub mod api;
 mod claims;
 mod error;
+pub mod healthcheck;
 mod kinds;
 mod model;
 mod plan;
@@ -224,6 +225,7 @@ pub fn cell() -> BoxCell {
                 |routes: Arc<ApiRoutes>,
                  writer: Arc<Writer>,
                  resources: Arc<Resources>,
+                 cfg: Arc<LbConfig>,
                  jobs: JobGroup| {
                     routes.add(api::router(writer.clone()));
                     resources.add_sync_waiter(
@@ -231,9 +233,17 @@ pub fn cell() -> BoxCell {
                         cilium_resources::RANK_TABLES,
                         writer.sync_waiter(),
                     );
+                    let w = writer.clone();
                     jobs.add(Job::one_shot("lb-writer", move |cancel, _health| {
-                        writer.clone().run(cancel)
+                        w.clone().run(cancel)
                     }));
+                    // With --enable-lb=false kube-proxy serves the health checks itself.
+                    if cfg.enable_lb {
+                        jobs.add(Job::one_shot(
+                            "lb-health-check-ports",
+                            move |cancel, health| healthcheck::run(writer.clone(), cancel, health),
+                        ));
+                    }
                     Ok(())
                 },
             ),

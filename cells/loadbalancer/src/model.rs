@@ -437,6 +437,10 @@ pub struct Service {
     pub source_ranges: Vec<Ipv4Net>,
     /// `externalTrafficPolicy: Local`.
     pub ext_traffic_local: bool,
+    /// The node port where this node answers health checks of the service (given or
+    /// allocated; type LoadBalancer with `externalTrafficPolicy: Local`), 0 = none.
+    #[serde(default)]
+    pub health_check_node_port: u16,
     /// `internalTrafficPolicy: Local`.
     pub int_traffic_local: bool,
     /// `publishNotReadyAddresses`.

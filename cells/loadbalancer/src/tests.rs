@@ -1029,3 +1029,103 @@ fn load_balancer_source_ranges_apply_to_load_balancer_frontends_only() {
         );
     }
 }
+
+#[test]
+fn health_check_node_port_is_allocated_kept_and_counts_local_ready_endpoints() {
+    let fx = Fixture::new();
+    let a = fx.agent();
+    let spec = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  clusterIP: 10.96.0.50\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: 30050";
+    let eps = |lines: &[&str]| slice("hc-1", "hc", HTTP_PORT, lines);
+    let local_terminating = format!("10.200.0.9,false,true,true,{NODE}");
+    a.apply(&format!(
+        "{}---\n{}",
+        svc("hc", spec),
+        eps(&[
+            &active("10.200.0.5"),
+            &active("10.200.0.6"),
+            &local_terminating,
+            "10.200.9.9,true,true,false,other-node"
+        ])
+    ));
+    let port = a.service("default", "hc").unwrap().health_check_node_port;
+    assert!(
+        (NODE_PORT_RANGE.0..=NODE_PORT_RANGE.1).contains(&port) && port != 30050,
+        "allocated health check port {port}"
+    );
+    let want = |n: usize| healthcheck::HealthCheck {
+        service: ServiceName::new("default", "hc"),
+        local_endpoints: n,
+    };
+    let got = healthcheck::desired(&a.writer, &a.writer.read_txn());
+    assert_eq!(
+        got.get(&port),
+        Some(&want(2)),
+        "two local ready endpoints: {got:?}"
+    );
+    assert_eq!(healthcheck::answer(&want(2)).0, 200);
+    // Only the terminating local endpoint left: not healthy (the node is drained).
+    a.apply(&eps(&[
+        &local_terminating,
+        "10.200.9.9,true,true,false,other-node",
+    ]));
+    let got = healthcheck::desired(&a.writer, &a.writer.read_txn());
+    assert_eq!(got.get(&port), Some(&want(0)));
+    let (status, body) = healthcheck::answer(&want(0));
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        r#"{"localEndpoints":0,"service":{"name":"hc","namespace":"default"},"serviceProxyHealthy":true}"#
+    );
+
+    // Kept across a restart and a re-apply; released with externalTrafficPolicy Cluster.
+    drop(a);
+    let a = fx.agent();
+    a.apply(&svc("hc", spec));
+    assert_eq!(
+        a.service("default", "hc").unwrap().health_check_node_port,
+        port
+    );
+    a.apply(&svc("hc", &spec.replace("Local", "Cluster")));
+    assert_eq!(
+        a.service("default", "hc").unwrap().health_check_node_port,
+        0
+    );
+    assert!(healthcheck::desired(&a.writer, &a.writer.read_txn()).is_empty());
+    // Given explicitly.
+    a.apply(&svc("hc", &format!("{spec}\n  healthCheckNodePort: 30051")));
+    assert_eq!(
+        a.service("default", "hc").unwrap().health_check_node_port,
+        30051
+    );
+
+    for (spec, want) in [
+        (
+            "  type: NodePort\n  ports:\n  - port: 80\n  healthCheckNodePort: 30052".to_string(),
+            "spec.healthCheckNodePort: only allowed for type LoadBalancer with externalTrafficPolicy: Local",
+        ),
+        (
+            format!("{spec}\n  healthCheckNodePort: 30050"),
+            "spec.healthCheckNodePort: 30050 is already used by spec.ports[0].nodePort",
+        ),
+        (
+            format!("{spec}\n  healthCheckNodePort: 80"),
+            "spec.healthCheckNodePort: must be 30000-32767",
+        ),
+    ] {
+        let errs = a.errors(&svc("bad", &spec));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "missing {want:?} in {errs:?}"
+        );
+    }
+    // Another service holding that port as a node port: refused at apply.
+    let errs = a.errors(&svc(
+        "other",
+        "  type: NodePort\n  ports:\n  - port: 80\n    nodePort: 30051",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("30051/TCP is already used by service default/hc")),
+        "{errs:?}"
+    );
+}

@@ -27,7 +27,7 @@ use crate::kinds::{
 };
 use crate::model::{
     Backend, BackendInstance, Frontend, FrontendBackend, FrontendKind, L3n4Addr, L4Proto,
-    ResolvedPort, Service, ServiceName, backend_query, frontends_of, service_query,
+    ResolvedPort, Service, ServiceName, ServiceType, backend_query, frontends_of, service_query,
 };
 use crate::plan::{NodeInfo, PlannedBackend, plan_service};
 
@@ -223,6 +223,10 @@ impl std::fmt::Debug for Writer {
             .finish()
     }
 }
+
+/// Node-port allocation key of a service's healthCheckNodePort (port names are lower case,
+/// other keys are `port/PROTO`: no clash).
+const HEALTH_CHECK_KEY: &str = "healthCheckNodePort";
 
 fn node_port_key(svc: &ServiceName, port_key: &str) -> String {
     format!("{svc}#{port_key}")
@@ -850,6 +854,29 @@ impl Writer {
                 protocol: sp.protocol,
             });
         }
+        // healthCheckNodePort: type LoadBalancer with externalTrafficPolicy Local only.
+        let mut health_check_node_port = 0;
+        if obj.service_type == ServiceType::LoadBalancer
+            && obj.ext_traffic_local
+            && obj.cluster_ip != ClusterIpSpec::Headless
+        {
+            health_check_node_port = match obj.health_check_node_port {
+                Some(p) => p,
+                None => {
+                    keep_keys.insert(HEALTH_CHECK_KEY.to_string());
+                    self.alloc_node_port(st, name, HEALTH_CHECK_KEY)
+                        .unwrap_or_else(|| {
+                            error.get_or_insert_with(|| {
+                                format!(
+                                    "no free node port in {}-{} for healthCheckNodePort; delete unused NodePort services",
+                                    NODE_PORT_RANGE.0, NODE_PORT_RANGE.1
+                                )
+                            });
+                            0
+                        })
+                }
+            };
+        }
         let stale: Vec<(ServiceName, String)> = st
             .node_ports
             .keys()
@@ -906,6 +933,7 @@ impl Writer {
             .iter()
             .filter(|p| p.node_port != 0)
             .map(|p| (p.node_port, p.protocol))
+            .chain((health_check_node_port != 0).then_some((health_check_node_port, L4Proto::Tcp)))
             .collect();
         if error.is_none() {
             error = self.conflict(name, &plan.frontends, &node_ports);
@@ -992,6 +1020,7 @@ impl Writer {
             affinity_timeout_secs: obj.affinity_timeout_secs,
             source_ranges: obj.source_ranges.clone(),
             ext_traffic_local: obj.ext_traffic_local,
+            health_check_node_port,
             int_traffic_local: obj.int_traffic_local,
             publish_not_ready: obj.publish_not_ready,
             frontends: fronts,
