@@ -14,8 +14,8 @@
 //!    deleted.
 //!
 //! Deleting a frontend removes the header first, then its slots, Maglev table, reverse
-//! NAT, source ranges and orphaned backends. The operations keep a shadow of what they wrote, loaded from
-//! the maps on first use (restart) and dropped on error.
+//! NAT, source ranges and orphaned backends. The operations keep a shadow of what they
+//! wrote, loaded from the maps on first use (restart) and dropped on error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;

@@ -1129,3 +1129,39 @@ fn health_check_node_port_is_allocated_kept_and_counts_local_ready_endpoints() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn allocated_node_ports_avoid_the_ones_the_service_gives_itself() {
+    let fx = Fixture::new();
+    let a = fx.agent();
+    let first = NODE_PORT_RANGE.0;
+    // The allocator would hand out the first port of the range next; the service gives it
+    // to its port `a`, so port `b` and the health check port must get others.
+    a.apply(&svc(
+        "np",
+        &format!(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports:\n  - name: a\n    port: 80\n    nodePort: {first}\n  - name: b\n    port: 81"
+        ),
+    ));
+    let s = a.service("default", "np").unwrap();
+    let b = s.ports.iter().find(|p| p.name == "b").unwrap().node_port;
+    let hc = s.health_check_node_port;
+    assert!(
+        b != first && hc != first && b != hc && b != 0 && hc != 0,
+        "a={first} b={b} health check={hc}"
+    );
+    // Later the service gives `b`'s allocated port to `a`: `b` moves.
+    a.apply(&svc(
+        "np",
+        &format!(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports:\n  - name: a\n    port: 80\n    nodePort: {b}\n  - name: b\n    port: 81"
+        ),
+    ));
+    let s = a.service("default", "np").unwrap();
+    let b2 = s.ports.iter().find(|p| p.name == "b").unwrap().node_port;
+    assert!(
+        b2 != b && b2 != 0 && b2 != s.health_check_node_port,
+        "b moved to {b2}"
+    );
+    assert!(s.error.is_none(), "{:?}", s.error);
+}

@@ -739,10 +739,24 @@ impl Writer {
         }
     }
 
-    fn alloc_node_port(&self, st: &mut State, name: &ServiceName, key: &str) -> Option<u16> {
+    /// A node port for `key` of service `name`: the one it has, else a free one that is
+    /// not in `avoid` (the node ports the service gives itself).
+    fn alloc_node_port(
+        &self,
+        st: &mut State,
+        name: &ServiceName,
+        key: &str,
+        avoid: &HashSet<u16>,
+    ) -> Option<u16> {
         let k = (name.clone(), key.to_string());
-        if let Some(p) = st.node_ports.get(&k) {
-            return Some(*p);
+        if let Some(p) = st.node_ports.get(&k).copied() {
+            if !avoid.contains(&p) {
+                return Some(p);
+            }
+            // The service now gives this port to one of its own ports: allocate another.
+            st.node_ports.remove(&k);
+            st.np_used.remove(&p);
+            st.dirty = true;
         }
         let (lo, hi) = NODE_PORT_RANGE;
         let mut cand = st.np_next.clamp(lo, hi);
@@ -750,6 +764,7 @@ impl Writer {
             let port = cand;
             cand = if cand >= hi { lo } else { cand + 1 };
             let taken = st.np_used.contains(&port)
+                || avoid.contains(&port)
                 || [L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp]
                     .iter()
                     .any(|p| !self.p.claims.node_port_free(port, *p));
@@ -824,6 +839,12 @@ impl Writer {
         // given explicitly are released.
         let mut ports = Vec::with_capacity(obj.ports.len());
         let mut keep_keys = HashSet::new();
+        let given: HashSet<u16> = obj
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port)
+            .chain(obj.health_check_node_port)
+            .collect();
         for sp in &obj.ports {
             let node_port = if !obj.service_type.has_node_ports()
                 || obj.cluster_ip == ClusterIpSpec::Headless
@@ -833,7 +854,7 @@ impl Writer {
                 np
             } else {
                 keep_keys.insert(sp.alloc_key());
-                match self.alloc_node_port(st, name, &sp.alloc_key()) {
+                match self.alloc_node_port(st, name, &sp.alloc_key(), &given) {
                     Some(np) => np,
                     None => {
                         error.get_or_insert_with(|| {
@@ -864,7 +885,7 @@ impl Writer {
                 Some(p) => p,
                 None => {
                     keep_keys.insert(HEALTH_CHECK_KEY.to_string());
-                    self.alloc_node_port(st, name, HEALTH_CHECK_KEY)
+                    self.alloc_node_port(st, name, HEALTH_CHECK_KEY, &given)
                         .unwrap_or_else(|| {
                             error.get_or_insert_with(|| {
                                 format!(
