@@ -773,7 +773,24 @@ impl Outside {
 
     /// Like [`Outside::tcp`], connecting from the outside address `src`.
     pub fn tcp_from(&self, src: Ipv4Addr, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
-        self.run_from(Some(src), "tcp", addr, count, timeout_ms)
+        self.run_env(
+            &[("LB_CLIENT_BIND", src.to_string())],
+            "tcp",
+            addr,
+            count,
+            timeout_ms,
+        )
+    }
+
+    /// Like [`Outside::tcp`], the packets sent with IP TTL `ttl`.
+    pub fn tcp_ttl(&self, ttl: u8, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
+        self.run_env(
+            &[("LB_CLIENT_TTL", ttl.to_string())],
+            "tcp",
+            addr,
+            count,
+            timeout_ms,
+        )
     }
 
     /// `count` datagrams from one unconnected UDP socket in the outside namespace.
@@ -788,12 +805,12 @@ impl Outside {
     }
 
     fn run(&self, mode: &str, addr: &str, count: u32, timeout_ms: u64) -> Vec<Reply> {
-        self.run_from(None, mode, addr, count, timeout_ms)
+        self.run_env(&[], mode, addr, count, timeout_ms)
     }
 
-    fn run_from(
+    fn run_env(
         &self,
-        src: Option<Ipv4Addr>,
+        env: &[(&str, String)],
         mode: &str,
         addr: &str,
         count: u32,
@@ -801,9 +818,7 @@ impl Outside {
     ) -> Vec<Reply> {
         let prog = bin("lb-client").display().to_string();
         let mut cmd = self.netns.cmd(&prog);
-        if let Some(src) = src {
-            cmd.env("LB_CLIENT_BIND", src.to_string());
-        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let out = run(cmd.args([mode, addr, &count.to_string(), &timeout_ms.to_string()]));
         String::from_utf8_lossy(&out.stdout)
             .lines()

@@ -338,6 +338,27 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         "no SNAT entry {}:* -> {backend} via {node_prefix}* in `bpf nat list`: {nat}",
         client.peer_ip
     );
+    // Forwarding to the backend elsewhere is a routing hop: the TTL goes down by one, so a
+    // packet arriving with TTL 1 is dropped (ttl-exceeded) and one with TTL 2 gets there.
+    let before = drops(&agent, "ttl-exceeded");
+    let r = client.tcp_ttl(1, &np, 1, 700);
+    assert_eq!(
+        r,
+        [Reply::Err("timeout".into())],
+        "a SYN with TTL 1 must not be forwarded to the backend elsewhere"
+    );
+    let after = drops(&agent, "ttl-exceeded");
+    assert!(
+        after > before,
+        "the TTL 1 SYN must be counted as ttl-exceeded ({before} -> {after})\n{}",
+        dump(&agent)
+    );
+    let r = client.tcp_ttl(2, &np, 1, 2000);
+    assert_eq!(
+        r.first().and_then(Reply::token),
+        Some("far"),
+        "TTL 2 leaves one hop to the backend elsewhere: {r:?}"
+    );
 
     // The host backend: the client's own address is kept (no SNAT, nothing is forwarded).
     let first = outside_until_ok(&client, &host_np);

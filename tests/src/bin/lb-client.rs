@@ -13,11 +13,13 @@
 //!                                                      to the next address); JSON
 //! ```
 //!
-//! `LB_CLIENT_BIND=IP` makes `tcp` connect from that source address.
+//! `LB_CLIENT_BIND=IP` makes `tcp` connect from that source address, `LB_CLIENT_TTL=N` with
+//! that IP TTL.
 //!
 //! A result line is `ok TOKEN SEEN-CLIENT-IP REPLY-FROM` (REPLY-FROM: the peer as the socket
 //! reports it, getpeername for TCP, recvfrom's address for UDP) or `err KIND` where KIND is
-//! `refused`, `timeout`, `host-unreachable`, `net-unreachable`, `reset` or the OS error.
+//! `refused`, `timeout`, `host-unreachable`, `net-unreachable`, `reset`, `denied` (EPERM) or the OS
+//! error.
 
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -89,10 +91,12 @@ fn serve(token: &str, tcp: &[u16], udp: &[u16]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A TCP connection from `src` (port chosen by the kernel) to `addr`, giving up after
-/// `timeout` (SO_SNDTIMEO bounds a blocking connect).
-fn connect_from(
-    src: std::net::Ipv4Addr,
+/// A TCP connection from `src` (else any address; port chosen by the kernel) with IP TTL
+/// `ttl` (else the default) to `addr`, giving up after `timeout` (SO_SNDTIMEO bounds a
+/// blocking connect).
+fn connect_with(
+    src: Option<std::net::Ipv4Addr>,
+    ttl: Option<i32>,
     addr: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
@@ -109,10 +113,15 @@ fn connect_from(
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)),
-    )?;
+    if let Some(src) = src {
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)),
+        )?;
+    }
+    if let Some(ttl) = ttl {
+        setsockopt(&fd, sockopt::Ipv4Ttl, &ttl)?;
+    }
     let tv = nix::sys::time::TimeVal::new(
         i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
         i64::from(timeout.subsec_micros()),
@@ -126,9 +135,13 @@ fn tcp_once(addr: SocketAddr, timeout: Duration) -> String {
     let bind = std::env::var("LB_CLIENT_BIND")
         .ok()
         .and_then(|b| b.parse::<std::net::Ipv4Addr>().ok());
-    let conn = match bind {
-        Some(src) => connect_from(src, addr, timeout),
-        None => TcpStream::connect_timeout(&addr, timeout),
+    let ttl = std::env::var("LB_CLIENT_TTL")
+        .ok()
+        .and_then(|t| t.parse::<i32>().ok());
+    let conn = if bind.is_some() || ttl.is_some() {
+        connect_with(bind, ttl, addr, timeout)
+    } else {
+        TcpStream::connect_timeout(&addr, timeout)
     };
     let mut s = match conn {
         Ok(s) => s,
