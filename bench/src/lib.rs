@@ -86,11 +86,12 @@ pub fn write_doc(name: &str, section: &str) {
     });
     let block = format!("{start}\n{section}{end}\n");
     let new = match (old.find(&start), old.find(&end)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{block}{}",
-            &old[..a],
-            &old[b + end.len()..].trim_start_matches('\n')
-        ),
+        (Some(a), Some(b)) if b > a => {
+            // What follows keeps one blank line after the section.
+            let rest = old[b + end.len()..].trim_start_matches('\n');
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{block}{gap}{rest}", &old[..a])
+        }
         _ => format!("{}\n\n{block}", old.trim_end()),
     };
     match std::fs::write(&path, new) {
