@@ -1,7 +1,8 @@
 //! cilium-lbmap: the load-balancer datapath glue. It reconciles the statedb table
 //! `frontends` (written by cilium-loadbalancer) into the BPF maps `cilium_lb4_services_v1`,
-//! `cilium_lb4_backends_v1`, `cilium_lb4_reverse_nat_v1` and `cilium_lb4_maglev_v1` (in an
-//! order that never exposes a half-written service, see [`ops`]), computes Maglev tables
+//! `cilium_lb4_backends_v1`, `cilium_lb4_reverse_nat_v1`, `cilium_lb4_maglev_v1` and
+//! `cilium_lb4_source_range_v1` (in an order that never exposes a half-written service, see
+//! [`ops`]), computes Maglev tables
 //! ([`maglev`]), attaches the socket load-balancing programs to `--cgroup-root` and the
 //! NodePort program to the `--devices`, and serves `GET /v1/bpf/lb` and `GET /v1/bpf/nat`.
 //!
