@@ -14,13 +14,32 @@ use std::time::Duration;
 
 use cilium_e2e::model::ctl_apply;
 use cilium_e2e::services::{
-    Client, Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps, frontends,
-    lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml, start_agent, tokens,
+    Cgroup, Client, Outside, Reply, SliceEp, SvcPort, apply, dump, enable_forwarding, eps,
+    frontends, lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml, start_agent, tokens,
     wait_programmed,
 };
 use cilium_e2e::{Pod, wait_until};
 
 const NS: &str = "default";
+
+/// An agent with load balancing on (socket LB under `cg`, cluster IPs from `service_cidr`),
+/// pods from `pod_cidr`, node name `node` and NodePort on `devices` (comma-separated).
+fn nodeport_agent(
+    cg: &Cgroup,
+    pod_cidr: &str,
+    service_cidr: &str,
+    node: &str,
+    devices: &str,
+) -> cilium_e2e::Agent {
+    start_agent(
+        pod_cidr,
+        &lb_args(
+            cg,
+            service_cidr,
+            &["--node-name", node, "--devices", devices],
+        ),
+    )
+}
 
 fn outside_until_ok(out: &Outside, addr: &str) -> Reply {
     let mut last = Reply::Err("never tried".into());
@@ -43,14 +62,7 @@ fn nodeport_from_an_outside_namespace() {
     let out = Outside::new(Ipv4Addr::new(10, 235, 200, 0));
     let _fwd = enable_forwarding();
     let node = "e2e-np";
-    let agent = start_agent(
-        "10.235.0.0/24",
-        &lb_args(
-            &cg,
-            "10.235.1.0/24",
-            &["--node-name", node, "--devices", &out.host_if],
-        ),
-    );
+    let agent = nodeport_agent(&cg, "10.235.0.0/24", "10.235.1.0/24", node, &out.host_if);
     let b1 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b1");
     let b2 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b2");
     let _s1 = serve(&b1, "b1", &[8080], &[]);
@@ -123,14 +135,7 @@ fn external_traffic_policy_local_keeps_nodeport_on_local_backends() {
     let out = Outside::new(Ipv4Addr::new(10, 236, 200, 0));
     let _fwd = enable_forwarding();
     let node = "e2e-etp";
-    let agent = start_agent(
-        "10.236.0.0/24",
-        &lb_args(
-            &cg,
-            "10.236.1.0/24",
-            &["--node-name", node, "--devices", &out.host_if],
-        ),
-    );
+    let agent = nodeport_agent(&cg, "10.236.0.0/24", "10.236.1.0/24", node, &out.host_if);
     let local = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=local");
     let _s = serve(&local, "local", &[8080], &[]);
     // A backend on another node (its address is never reached in this test).
@@ -226,14 +231,7 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
     let _fwd = enable_forwarding();
     let node = "e2e-snat";
     let devices = format!("{},{}", client.host_if, far.host_if);
-    let agent = start_agent(
-        "10.242.0.0/24",
-        &lb_args(
-            &cg,
-            "10.242.1.0/24",
-            &["--node-name", node, "--devices", &devices],
-        ),
-    );
+    let agent = nodeport_agent(&cg, "10.242.0.0/24", "10.242.1.0/24", node, &devices);
     let _srv = serve_in(Some(&far.netns), "far", &[8080], &[5353]);
     // An unusual port: the host server listens on every host address.
     let _host_srv = serve_in(None, "host", &[18_242], &[]);
@@ -440,14 +438,7 @@ fn load_balancer_source_ranges_admit_only_listed_clients() {
     let other = out.add_client_address(3);
     let _fwd = enable_forwarding();
     let node = "e2e-lbsr";
-    let agent = start_agent(
-        "10.244.0.0/24",
-        &lb_args(
-            &cg,
-            "10.244.1.0/24",
-            &["--node-name", node, "--devices", &out.host_if],
-        ),
-    );
+    let agent = nodeport_agent(&cg, "10.244.0.0/24", "10.244.1.0/24", node, &out.host_if);
     let b1 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b1");
     let client = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=c1");
     let _s1 = serve(&b1, "b1", &[8080], &[]);
@@ -630,14 +621,7 @@ fn health_check_node_port_reports_local_endpoints() {
     };
     let out = Outside::new(Ipv4Addr::new(10, 244, 201, 0));
     let node = "e2e-hc";
-    let agent = start_agent(
-        "10.244.2.0/24",
-        &lb_args(
-            &cg,
-            "10.244.3.0/24",
-            &["--node-name", node, "--devices", &out.host_if],
-        ),
-    );
+    let agent = nodeport_agent(&cg, "10.244.2.0/24", "10.244.3.0/24", node, &out.host_if);
     let b1 = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b1");
     let vip = Ipv4Addr::new(10, 244, 3, 10);
     let ports = [SvcPort::tcp("http", 80, 8080).node_port(31245)];
