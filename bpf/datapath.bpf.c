@@ -799,8 +799,9 @@ int cil_to_netdev(struct __sk_buff *ctx)
  * ExternalIP, LoadBalancer) are only translated in the host network
  * namespace (cilium_lb_config_v1), so other namespaces on the machine reach
  * them through the devices like any outside client. No backend: the call
- * fails at once with ECONNREFUSED. @sendmsg: unconnected UDP keeps one
- * backend per socket and frontend (cilium_lb4_sk_fwd_v1).
+ * fails at once with ECONNREFUSED. A refused call counts as one packet (0
+ * bytes) of its drop reason in cilium_metrics_v1. @sendmsg: unconnected UDP
+ * keeps one backend per socket and frontend (cilium_lb4_sk_fwd_v1).
  */
 static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendmsg)
 {
@@ -836,11 +837,13 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendms
 		if (!src)
 			src = lb_node_addr();
 		if (!lb4_src_range_ok(&svc, src)) {
+			update_metrics(DROP_LB_SRC_RANGE, METRIC_DIR_EGRESS, 0);
 			bpf_set_retval(-EPERM_);
 			return SYS_REJECT;
 		}
 	}
 	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
+		update_metrics(DROP_NO_SERVICE, METRIC_DIR_EGRESS, 0);
 		bpf_set_retval(-ECONNREFUSED_);
 		return SYS_REJECT;
 	}
@@ -862,6 +865,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendms
 	if (!id) {
 		id = lb4_select_backend(&svc, addr, port, proto, 0, netns, 1, 0, &be);
 		if (!id) {
+			update_metrics(DROP_NO_SERVICE, METRIC_DIR_EGRESS, 0);
 			bpf_set_retval(-ECONNREFUSED_);
 			return SYS_REJECT;
 		}

@@ -845,6 +845,20 @@ pub fn enable_forwarding() -> String {
     old.trim().to_string()
 }
 
+/// Packets the datapath counted under drop reason `reason` (both directions), from
+/// `ciliumctl bpf metrics list`.
+pub fn drop_count(agent: &Agent, reason: &str) -> u64 {
+    agent
+        .ctl_json(&["bpf", "metrics", "list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["reason"] == reason)
+        .filter_map(|r| r["packets"].as_u64())
+        .sum()
+}
+
 /// Tokens of the successful replies.
 pub fn tokens(replies: &[Reply]) -> Vec<String> {
     replies

@@ -15,7 +15,7 @@ use std::time::Duration;
 use cilium_e2e::Pod;
 use cilium_e2e::model::{ctl_apply, ctl_stdin, namespace_yaml, pod_yaml};
 use cilium_e2e::services::{
-    Client, Outside, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, dump,
+    Client, Outside, Reply, SliceEp, SvcPort, UdpFlow, apply, bpf_frontends, drop_count, dump,
     enable_forwarding, eps, lb_args, require_lb, serve, serve_in, service_yaml, slice_yaml,
     start_agent, tokens, wait_programmed,
 };
@@ -571,6 +571,7 @@ fn a_service_without_endpoints_is_refused_at_once() {
         Client::host_in(&cg),
     ] {
         let what = client.describe();
+        let before = drop_count(&agent, "no-service-backend");
         for vip in [empty, drained] {
             let r = client.tcp(&format!("{vip}:80"), 2, 5000);
             eprintln!("{what}: TCP to {vip}:80 without endpoints: {r:?}");
@@ -588,6 +589,12 @@ fn a_service_without_endpoints_is_refused_at_once() {
                 "{what}: UDP to {vip}:53 (no endpoints) was not refused: {r:?}"
             );
         }
+        // Every refusal is counted, at the socket layer as on the per-packet path.
+        let after = drop_count(&agent, "no-service-backend");
+        assert!(
+            after >= before + 6,
+            "{what}: 6 refusals, no-service-backend went {before} -> {after}"
+        );
     }
 }
 
