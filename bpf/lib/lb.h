@@ -43,6 +43,7 @@
 #define SVC_F_NO_BACKENDS (1U << 1) /* refuse connections at once */
 #define SVC_F_EXTERNAL (1U << 2)    /* NodePort / ExternalIP / LoadBalancer frontend */
 #define SVC_F_SRC_RANGE (1U << 3)   /* only clients in cilium_lb4_source_range_v1 */
+#define SVC_F_SRC_RANGE_DENY (1U << 4) /* with SVC_F_SRC_RANGE: all but those clients */
 
 /* lb4_service.algorithm */
 #define LB_ALG_RANDOM 0
@@ -244,7 +245,9 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be1
 
 /*
  * loadBalancerSourceRanges: true when @svc has none, or @saddr is in one of
- * its ranges (one LPM lookup under the frontend's rev_nat id).
+ * its ranges (one LPM lookup under the frontend's rev_nat id); with
+ * SVC_F_SRC_RANGE_DENY (service.cilium.io/src-ranges-policy: deny) the ranges
+ * are the clients refused, so true when @saddr is in none of them.
  */
 static __always_inline int lb4_src_range_ok(const struct lb4_service *svc, __be32 saddr)
 {
@@ -254,9 +257,12 @@ static __always_inline int lb4_src_range_ok(const struct lb4_service *svc, __be3
 		.addr = saddr,
 	};
 
+	int listed;
+
 	if (!(svc->flags & SVC_F_SRC_RANGE))
 		return 1;
-	return bpf_map_lookup_elem(&cilium_lb4_source_range_v1, &key) != NULL;
+	listed = bpf_map_lookup_elem(&cilium_lb4_source_range_v1, &key) != NULL;
+	return (svc->flags & SVC_F_SRC_RANGE_DENY) ? !listed : listed;
 }
 
 static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 id)

@@ -426,6 +426,9 @@ pub const SVC_F_EXTERNAL: u8 = 4;
 /// `lb4_service.flags`: only clients in `cilium_lb4_source_range_v1` under the frontend's
 /// service id reach it (`loadBalancerSourceRanges`).
 pub const SVC_F_SRC_RANGE: u8 = 8;
+/// `lb4_service.flags`, with [`SVC_F_SRC_RANGE`]: the ranges are the clients refused, every
+/// other client reaches the frontend (`service.cilium.io/src-ranges-policy: deny`).
+pub const SVC_F_SRC_RANGE_DENY: u8 = 16;
 /// `lb4_service.algorithm`: random slot.
 pub const LB_ALG_RANDOM: u8 = 0;
 /// `lb4_service.algorithm`: Maglev table lookup on the flow hash.

@@ -35,7 +35,9 @@ pub async fn run_lb(client: &Client, format: Format, action: LbAction) -> anyhow
             details.push(format!("affinity-timeout={}s", s.affinity_timeout_secs));
         }
         if !s.source_ranges.is_empty() {
-            details.push(format!("from={}", s.source_ranges.join("+")));
+            let deny = s.flags.iter().any(|f| f == "source-range-deny");
+            let what = if deny { "not-from" } else { "from" };
+            details.push(format!("{what}={}", s.source_ranges.join("+")));
         }
         t.row([
             s.frontend.clone(),

@@ -427,8 +427,8 @@ fn lb_entry(agent: &cilium_e2e::Agent, frontend: &str) -> (Vec<String>, Vec<Stri
 
 /// loadBalancerSourceRanges: the LoadBalancer ingress IP admits only the listed clients,
 /// whether they come from outside (two addresses of the outside namespace), from a pod or
-/// from the host; the NodePort of the same service stays open; the ranges can be widened
-/// and removed live.
+/// from the host; the NodePort of the same service stays open; the ranges can be widened,
+/// turned into a deny list (`service.cilium.io/src-ranges-policy: deny`) and removed live.
 #[test]
 fn load_balancer_source_ranges_admit_only_listed_clients() {
     let Some(cg) = require_lb("load_balancer_source_ranges_admit_only_listed_clients") else {
@@ -560,11 +560,56 @@ fn load_balancer_source_ranges_admit_only_listed_clients() {
         "ranges in the map"
     );
 
-    // Removed: the flag goes and so do the map entries; everyone gets through.
+    // Turned into a deny list (service.cilium.io/src-ranges-policy: deny): the outside
+    // subnet, host address included, is refused; the pod is not listed and gets through.
+    let deny = svc(&["\"10.244.200.0/24\""]).replacen(
+        "metadata:\n",
+        "metadata:\n  annotations:\n    service.cilium.io/src-ranges-policy: deny\n",
+        1,
+    );
+    apply(&agent, &deny);
+    let denied = wait_until(Duration::from_secs(10), || {
+        let (f, r) = lb_entry(&agent, &lb);
+        f.iter().any(|x| x == "source-range-deny") && r == ["10.244.200.0/24"]
+    });
+    assert!(
+        denied,
+        "the deny policy is not in the maps: {:?}\n{}",
+        lb_entry(&agent, &lb),
+        dump(&agent)
+    );
+    let before = drop_count(&agent, "lb-source-range");
+    let r = out.tcp_from(other, &lb, 2, 700);
+    assert!(
+        !r.is_empty() && r.iter().all(|x| x == &Reply::Err("timeout".into())),
+        "{other} is in the denied range, its connections to {lb} must be dropped: {r:?}\n{}",
+        dump(&agent)
+    );
+    let r = host.tcp(&lb, 1, 700);
+    assert_eq!(
+        r,
+        [Reply::Err("denied".into())],
+        "the host ({}) is in the denied range: {r:?}",
+        out.host_ip
+    );
+    let r = pod.tcp(&lb, 3, 2000);
+    assert!(
+        r.iter().all(|x| x.token() == Some("b1")),
+        "pod {} is not in the denied range: {r:?}\n{}",
+        client.ip,
+        dump(&agent)
+    );
+    let dropped = drop_count(&agent, "lb-source-range") - before;
+    assert!(
+        dropped >= 3,
+        "the denied clients must be counted under lb-source-range, got {dropped} more"
+    );
+
+    // Removed: the flags go and so do the map entries; everyone gets through.
     apply(&agent, &svc(&[]));
     let cleared = wait_until(Duration::from_secs(10), || {
         let (f, r) = lb_entry(&agent, &lb);
-        !f.iter().any(|x| x == "source-range") && r.is_empty()
+        !f.iter().any(|x| x.starts_with("source-range")) && r.is_empty()
     });
     assert!(
         cleared,

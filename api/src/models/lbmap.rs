@@ -31,11 +31,13 @@ pub struct BpfLbService {
     /// Maglev table size (0 when not Maglev).
     #[serde(default)]
     pub maglev_table_size: u32,
-    /// Header flags: `affinity`, `no-backends`, `external`, `source-range`.
+    /// Header flags: `affinity`, `no-backends`, `external`, `source-range`,
+    /// `source-range-deny` (the ranges are the clients refused).
     pub flags: Vec<String>,
     /// ClientIP affinity timeout (s), 0 = none.
     pub affinity_timeout_secs: u32,
-    /// Allowed client prefixes (`cilium_lb4_source_range_v1`) when flagged `source-range`.
+    /// Client prefixes (`cilium_lb4_source_range_v1`) when flagged `source-range`: the only
+    /// ones admitted, or with `source-range-deny` the ones refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_ranges: Vec<String>,
     /// Backend slots in order.

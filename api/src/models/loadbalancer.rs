@@ -39,6 +39,10 @@ pub struct FrontendInfo {
     /// frontends); empty = every client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_ranges: Vec<String>,
+    /// With source ranges: `allow` (they are the only clients admitted) or `deny` (they are
+    /// the clients refused, `service.cilium.io/src-ranges-policy: deny`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_ranges_policy: String,
     /// Reconcile status into the BPF maps (`pending`, `done`, `error: ...`).
     #[serde(default)]
     pub status: String,
@@ -111,9 +115,13 @@ pub struct ServiceInfo {
     /// ClientIP affinity timeout in seconds (0 without affinity).
     #[serde(default)]
     pub affinity_timeout_secs: u32,
-    /// `loadBalancerSourceRanges`: the only clients its LoadBalancer frontends admit.
+    /// `loadBalancerSourceRanges`: the only clients its LoadBalancer frontends admit (or,
+    /// with `source_ranges_policy: deny`, the clients they refuse).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancer_source_ranges: Vec<String>,
+    /// With source ranges: `allow` or `deny` (`service.cilium.io/src-ranges-policy`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_ranges_policy: String,
     /// `Cluster` or `Local`.
     pub external_traffic_policy: String,
     /// Node port answering HTTP health checks of the service on this node (LoadBalancer with

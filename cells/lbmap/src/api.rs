@@ -14,7 +14,7 @@ use cilium_api::models::{
 };
 use cilium_bpf::types::{
     CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL, SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE,
+    SVC_F_EXTERNAL, SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE, SVC_F_SRC_RANGE_DENY,
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SNAT_DIR_OUT};
 use serde::Deserialize;
@@ -86,6 +86,9 @@ pub fn decode_services(
             let mut source_ranges = Vec::new();
             if h.flags & SVC_F_SRC_RANGE != 0 {
                 flags.push("source-range".to_string());
+                if h.flags & SVC_F_SRC_RANGE_DENY != 0 {
+                    flags.push("source-range-deny".to_string());
+                }
                 source_ranges = ranges
                     .iter()
                     .filter(|(id, _, _)| *id == h.rev_nat_id)

@@ -87,6 +87,7 @@ impl FrontendSource for Frontend {
                 .iter()
                 .map(|n| (n.network(), n.prefix_len()))
                 .collect(),
+            source_ranges_deny: self.source_ranges_deny,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cilium_bpf::types::{
     CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, LB_ALG_RANDOM, SVC_F_AFFINITY, SVC_F_EXTERNAL,
-    SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE,
+    SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE, SVC_F_SRC_RANGE_DENY,
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service};
 use parking_lot::Mutex;
@@ -82,6 +82,8 @@ pub struct FrontendDesc {
     /// `loadBalancerSourceRanges` (prefix, length; host bits zero): when not empty only
     /// clients in one of them reach the frontend.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// `service.cilium.io/src-ranges-policy: deny`: the ranges are the clients refused.
+    pub source_ranges_deny: bool,
 }
 
 /// A `loadBalancerSourceRanges` entry of the maps: service id, client prefix, length.
@@ -456,6 +458,9 @@ impl<B: LbBackend> LbMapOps<B> {
         }
         if !d.source_ranges.is_empty() {
             flags |= SVC_F_SRC_RANGE;
+            if d.source_ranges_deny {
+                flags |= SVC_F_SRC_RANGE_DENY;
+            }
         }
         Lb4Service {
             backend_id: if maglev { self.maglev_size } else { 0 },
@@ -1032,6 +1037,7 @@ mod tests {
                 .collect(),
             affinity_timeout_secs: 0,
             source_ranges: Vec::new(),
+            source_ranges_deny: false,
         }
     }
 
@@ -1062,7 +1068,20 @@ mod tests {
                 "slots [0]"
             ]
         );
-        assert_ne!(header_flags(&fake) & SVC_F_SRC_RANGE, 0);
+        assert_eq!(
+            header_flags(&fake) & (SVC_F_SRC_RANGE | SVC_F_SRC_RANGE_DENY),
+            SVC_F_SRC_RANGE
+        );
+        // The deny policy flips one header bit over the same entries.
+        d.source_ranges_deny = true;
+        ops.apply(&d).unwrap();
+        assert_eq!(
+            header_flags(&fake) & (SVC_F_SRC_RANGE | SVC_F_SRC_RANGE_DENY),
+            SVC_F_SRC_RANGE | SVC_F_SRC_RANGE_DENY
+        );
+        assert_eq!(fake.ranges.lock().len(), 2);
+        d.source_ranges_deny = false;
+        ops.apply(&d).unwrap();
         // One range replaced: the new one goes in before the header, the old one after.
         fake.log.lock().clear();
         d.source_ranges = vec![net([192, 0, 2, 0], 24), net([203, 0, 113, 0], 25)];
@@ -1077,8 +1096,14 @@ mod tests {
         // No ranges: the flag goes with the header, then the entries.
         fake.log.lock().clear();
         d.source_ranges.clear();
+        d.source_ranges_deny = true;
         ops.apply(&d).unwrap();
-        assert_eq!(header_flags(&fake) & SVC_F_SRC_RANGE, 0);
+        assert_eq!(
+            header_flags(&fake) & (SVC_F_SRC_RANGE | SVC_F_SRC_RANGE_DENY),
+            0,
+            "no ranges: nothing to check, whatever the policy"
+        );
+        d.source_ranges_deny = false;
         assert_eq!(
             fake.log.lock().last().map(String::as_str),
             Some("del-ranges 7:192.0.2.0/24,7:203.0.113.0/25")

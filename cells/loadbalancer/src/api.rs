@@ -22,7 +22,7 @@ pub(crate) fn router(writer: Arc<Writer>) -> OpenApiRouter {
         .with_state(writer)
 }
 
-fn frontend_info(f: &Frontend) -> FrontendInfo {
+pub(crate) fn frontend_info(f: &Frontend) -> FrontendInfo {
     FrontendInfo {
         address: f.address.to_string(),
         port: f.port,
@@ -41,6 +41,7 @@ fn frontend_info(f: &Frontend) -> FrontendInfo {
             })
             .collect(),
         source_ranges: f.source_ranges.iter().map(|n| n.to_string()).collect(),
+        source_ranges_policy: ranges_policy(&f.source_ranges, f.source_ranges_deny),
         status: match (&f.status.kind, &f.status.error) {
             (StatusKind::Error, Some(e)) => format!("error: {e}"),
             (StatusKind::Pending, _) => "pending".into(),
@@ -101,6 +102,7 @@ pub fn service_info(
         .to_string(),
         affinity_timeout_secs: svc.affinity_timeout_secs,
         load_balancer_source_ranges: svc.source_ranges.iter().map(|n| n.to_string()).collect(),
+        source_ranges_policy: ranges_policy(&svc.source_ranges, svc.source_ranges_deny),
         external_traffic_policy: policy(svc.ext_traffic_local),
         health_check_node_port: svc.health_check_node_port,
         internal_traffic_policy: policy(svc.int_traffic_local),
@@ -139,4 +141,13 @@ async fn list_services(
         .await
         .map_err(|e| ApiError::internal(format!("listing services failed: {e}")))?;
     Ok(Json(out))
+}
+
+/// `allow` or `deny` when there are source ranges, empty (not shown) otherwise.
+fn ranges_policy(ranges: &[ipnet::Ipv4Net], deny: bool) -> String {
+    match (ranges.is_empty(), deny) {
+        (true, _) => String::new(),
+        (false, false) => "allow".into(),
+        (false, true) => "deny".into(),
+    }
 }

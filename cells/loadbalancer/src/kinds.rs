@@ -96,6 +96,10 @@ pub struct ServiceObj {
     /// `service.beta.kubernetes.io/load-balancer-source-ranges`), host bits cleared, sorted.
     #[serde(default)]
     pub source_ranges: Vec<Ipv4Net>,
+    /// `service.cilium.io/src-ranges-policy: deny`: the source ranges are the clients
+    /// refused instead of the only ones admitted.
+    #[serde(default)]
+    pub source_ranges_deny: bool,
     /// `externalTrafficPolicy: Local`.
     pub ext_traffic_local: bool,
     /// `spec.healthCheckNodePort` when given (type LoadBalancer with
@@ -502,6 +506,7 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         }
     }
     let source_ranges = source_ranges(&mut f, doc, field("loadBalancerSourceRanges"), service_type);
+    let source_ranges_deny = source_ranges_deny(&mut f, doc);
     let affinity = f.string(field("sessionAffinity"), "spec.sessionAffinity");
     let client_ip = match affinity.as_deref() {
         None | Some("") | Some("None") => false,
@@ -633,6 +638,7 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         lb_ingress_ips,
         affinity_timeout_secs: if client_ip { timeout } else { 0 },
         source_ranges,
+        source_ranges_deny,
         ext_traffic_local,
         health_check_node_port,
         int_traffic_local,
@@ -644,6 +650,38 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
 
 /// The annotation giving source ranges when `spec.loadBalancerSourceRanges` is empty.
 pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// The annotation choosing what the source ranges are: `allow` (the default, the only
+/// clients admitted) or `deny` (the clients refused), as in Cilium.
+pub const SOURCE_RANGES_POLICY_ANNOTATION: &str = "service.cilium.io/src-ranges-policy";
+
+/// [`SOURCE_RANGES_POLICY_ANNOTATION`]: true for `deny`; anything but `allow`, `deny` or
+/// empty is an error naming the annotation.
+fn source_ranges_deny(f: &mut Fields, doc: &Document) -> bool {
+    let annotations = Fields::get(doc.metadata(), "annotations");
+    let path = format!("metadata.annotations[{SOURCE_RANGES_POLICY_ANNOTATION}]");
+    match annotations.and_then(|a| a.get(SOURCE_RANGES_POLICY_ANNOTATION)) {
+        None => false,
+        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "" | "allow" => false,
+            "deny" => true,
+            _ => {
+                f.error(path, format!("must be \"allow\" or \"deny\", got {s:?}"));
+                false
+            }
+        },
+        Some(other) => {
+            f.error(
+                path,
+                format!(
+                    "must be the string \"allow\" or \"deny\", got {}",
+                    type_name(other)
+                ),
+            );
+            false
+        }
+    }
+}
 
 /// `spec.loadBalancerSourceRanges` (a list of CIDRs), else the comma-separated annotation,
 /// as Kubernetes reads them: spaces trimmed, host bits allowed (and cleared). Only for

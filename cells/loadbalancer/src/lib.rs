@@ -46,10 +46,10 @@ pub use error::LbError;
 pub use kinds::{
     ClusterIpSpec, DEFAULT_AFFINITY_TIMEOUT_SECS, ENDPOINT_SLICES_TABLE, EndpointSlice,
     EndpointSliceKind, NODE_PORT_RANGE, SERVICE_NAME_LABEL, SERVICE_OBJECTS_TABLE,
-    SLICE_SERVICE_INDEX, SOURCE_RANGES_ANNOTATION, ServiceKind, ServiceObj, ServicePortSpec,
-    SliceEndpoint, SlicePort, TargetRef, conflicts, new_endpoint_slices_table,
-    new_service_objects_table, object_key, parse_endpoint_slice, parse_service,
-    service_object_query, slices_of,
+    SLICE_SERVICE_INDEX, SOURCE_RANGES_ANNOTATION, SOURCE_RANGES_POLICY_ANNOTATION, ServiceKind,
+    ServiceObj, ServicePortSpec, SliceEndpoint, SlicePort, TargetRef, conflicts,
+    new_endpoint_slices_table, new_service_objects_table, object_key, parse_endpoint_slice,
+    parse_service, service_object_query, slices_of,
 };
 pub use model::{
     BACKENDS_TABLE, Backend, BackendCondition, BackendInstance, BackendState,

@@ -250,6 +250,9 @@ pub struct Frontend {
     /// clients in one of them reach this frontend.
     #[serde(default)]
     pub source_ranges: Vec<Ipv4Net>,
+    /// `service.cilium.io/src-ranges-policy: deny`: `source_ranges` are the clients refused.
+    #[serde(default)]
+    pub source_ranges_deny: bool,
     /// `externalTrafficPolicy: Local` (informative; already applied to `backends`).
     pub ext_traffic_local: bool,
     /// `internalTrafficPolicy: Local` (informative; already applied to `backends`).
@@ -276,6 +279,7 @@ impl Frontend {
             && self.backends == other.backends
             && self.affinity_timeout_secs == other.affinity_timeout_secs
             && self.source_ranges == other.source_ranges
+            && self.source_ranges_deny == other.source_ranges_deny
             && self.ext_traffic_local == other.ext_traffic_local
             && self.int_traffic_local == other.int_traffic_local
     }
@@ -435,6 +439,9 @@ pub struct Service {
     /// `loadBalancerSourceRanges` (applied to the LoadBalancer frontends).
     #[serde(default)]
     pub source_ranges: Vec<Ipv4Net>,
+    /// `service.cilium.io/src-ranges-policy: deny`: `source_ranges` are the clients refused.
+    #[serde(default)]
+    pub source_ranges_deny: bool,
     /// `externalTrafficPolicy: Local`.
     pub ext_traffic_local: bool,
     /// The node port where this node answers health checks of the service (given or

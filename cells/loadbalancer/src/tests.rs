@@ -1031,6 +1031,51 @@ fn load_balancer_source_ranges_apply_to_load_balancer_frontends_only() {
 }
 
 #[test]
+fn source_ranges_policy_deny_turns_the_ranges_into_the_clients_refused() {
+    let fx = Fixture::new();
+    let a = fx.agent();
+    let doc = |policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: deny\n  annotations:\n    {SOURCE_RANGES_POLICY_ANNOTATION}: {policy}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.42\n  loadBalancerSourceRanges: [10.9.0.0/16]\n  ports:\n  - port: 80\n    nodePort: 30042\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 198.51.100.42\n"
+        )
+    };
+    a.apply(&doc("\" Deny \""));
+    let f = a.frontend("198.51.100.42:80/TCP").unwrap();
+    assert!(f.source_ranges_deny, "{f:?}");
+    assert_eq!(
+        f.source_ranges,
+        vec!["10.9.0.0/16".parse::<Ipv4Net>().unwrap()]
+    );
+    assert!(a.service("default", "deny").unwrap().source_ranges_deny);
+    let info = crate::api::frontend_info(&f);
+    assert_eq!(info.source_ranges_policy, "deny");
+    // Back to allow: the frontend is rewritten.
+    a.apply(&doc("allow"));
+    let f = a.frontend("198.51.100.42:80/TCP").unwrap();
+    assert!(!f.source_ranges_deny, "{f:?}");
+    assert_eq!(crate::api::frontend_info(&f).source_ranges_policy, "allow");
+    // Without ranges the policy has nothing to act on and is not shown.
+    assert_eq!(
+        crate::api::frontend_info(&a.frontend("10.96.0.42:80/TCP").unwrap()).source_ranges_policy,
+        ""
+    );
+    for (value, want) in [
+        ("block", "must be \"allow\" or \"deny\", got \"block\""),
+        (
+            "[deny]",
+            "must be the string \"allow\" or \"deny\", got a list",
+        ),
+    ] {
+        let errs = a.errors(&doc(value));
+        let field = format!("metadata.annotations[{SOURCE_RANGES_POLICY_ANNOTATION}]");
+        assert!(
+            errs.iter().any(|e| e.contains(&field) && e.contains(want)),
+            "missing {field}: {want:?} in {errs:?}"
+        );
+    }
+}
+
+#[test]
 fn health_check_node_port_is_allocated_kept_and_counts_local_ready_endpoints() {
     let fx = Fixture::new();
     let a = fx.agent();

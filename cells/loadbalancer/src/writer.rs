@@ -997,6 +997,7 @@ impl Writer {
                     } else {
                         Vec::new()
                     },
+                    source_ranges_deny: obj.source_ranges_deny,
                     ext_traffic_local: obj.ext_traffic_local,
                     int_traffic_local: obj.int_traffic_local,
                     status: Status::pending(),
@@ -1040,6 +1041,7 @@ impl Writer {
             lb_ingress_ips: obj.lb_ingress_ips.clone(),
             affinity_timeout_secs: obj.affinity_timeout_secs,
             source_ranges: obj.source_ranges.clone(),
+            source_ranges_deny: obj.source_ranges_deny,
             ext_traffic_local: obj.ext_traffic_local,
             health_check_node_port,
             int_traffic_local: obj.int_traffic_local,
