@@ -31,7 +31,8 @@ pub struct DatapathFlags {
     /// Directory on bpffs where maps and endpoint links are pinned.
     #[arg(long = "bpf-root", default_value = cilium_bpf::DEFAULT_BPF_ROOT)]
     pub bpf_root: PathBuf,
-    /// How pods are connected: veth or netkit.
+    /// How pods are connected: veth (netkit is refused: the agent does not support it yet,
+    /// and needs a kernel with CONFIG_NETKIT).
     #[arg(long = "datapath-mode", value_enum, default_value = "veth")]
     pub datapath_mode: DatapathMode,
     /// Conntrack lifetime of established TCP connections.

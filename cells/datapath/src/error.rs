@@ -6,10 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `--datapath-mode` names a mode this agent cannot run.
-    #[error("--datapath-mode {mode:?} is not supported yet; use --datapath-mode veth")]
+    #[error("--datapath-mode {mode:?} cannot run: {why}; use --datapath-mode veth")]
     UnsupportedMode {
         /// The configured mode.
         mode: String,
+        /// Why: what the kernel lacks, or that the agent does not support it yet.
+        why: String,
     },
     /// A duration flag could not be parsed or is out of range.
     #[error("{flag}: {reason}")]

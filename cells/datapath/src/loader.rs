@@ -53,8 +53,16 @@ pub fn ensure_bpffs(bpf_root: &Path) -> Result<(), Error> {
 /// Checks the mode, mounts bpffs if needed and loads the datapath (once per agent).
 pub fn load(flags: &DatapathFlags) -> Result<Datapath, Error> {
     if flags.datapath_mode != DatapathMode::Veth {
+        let why = if cilium_bpf::probe_features().netkit {
+            "the agent does not support netkit devices yet".to_string()
+        } else {
+            "this kernel has no netkit driver (CONFIG_NETKIT, kernel 6.7+), and the agent \
+             does not support netkit devices yet"
+                .to_string()
+        };
         return Err(Error::UnsupportedMode {
             mode: flags.datapath_mode.name().to_string(),
+            why,
         });
     }
     ensure_bpffs(&flags.bpf_root)?;
@@ -93,7 +101,7 @@ mod tests {
             ..Default::default()
         };
         let err = load(&flags).unwrap_err().to_string();
-        assert!(err.contains("not supported yet"), "{err}");
+        assert!(err.contains("does not support netkit devices yet"), "{err}");
         assert!(err.contains("--datapath-mode veth"), "{err}");
     }
 
