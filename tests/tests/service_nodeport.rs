@@ -717,3 +717,90 @@ fn health_check_node_port_reports_local_endpoints() {
         "health check port {hc} still answers after delete: {last:?}"
     );
 }
+
+/// `--kube-proxy-replacement-healthz-bind-address`: the node's kube-proxy health endpoint
+/// answers 200 with kube-proxy's body while the agent is healthy, and 503 naming the
+/// degraded part while one is not (here: a health check node port another process holds),
+/// then 200 again once it recovers.
+#[test]
+fn kube_proxy_healthz_follows_the_agent_health() {
+    let Some(cg) = require_lb("kube_proxy_healthz_follows_the_agent_health") else {
+        return;
+    };
+    let out = Outside::new(Ipv4Addr::new(10, 244, 202, 0));
+    let node = "e2e-kprhz";
+    let healthz = format!("{}:10256", out.host_ip);
+    let agent = start_agent(
+        "10.244.4.0/24",
+        &lb_args(
+            &cg,
+            "10.244.5.0/24",
+            &[
+                "--node-name",
+                node,
+                "--devices",
+                &out.host_if,
+                "--kube-proxy-replacement-healthz-bind-address",
+                &healthz,
+            ],
+        ),
+    );
+    let mut last = Err("never tried".to_string());
+    let up = wait_until(Duration::from_secs(10), || {
+        last = http_get(&healthz);
+        matches!(&last, Ok((200, _)))
+    });
+    assert!(
+        up,
+        "{healthz}/healthz of a healthy agent: {last:?}\n{}",
+        dump(&agent)
+    );
+    let (_, body) = last.clone().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert!(
+        v["currentTime"].is_string() && v["lastUpdated"] == v["currentTime"],
+        "kube-proxy's body, in sync: {body}"
+    );
+
+    // Something else holds the health check node port a service asks for: that part of the
+    // agent is degraded, and the node says so.
+    let held = std::net::TcpListener::bind(("0.0.0.0", 31250)).expect("hold port 31250");
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31251)];
+    let service = service_yaml(
+        NS,
+        "kprhz",
+        Ipv4Addr::new(10, 244, 5, 10),
+        &ports,
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 31250\n",
+    );
+    apply(&agent, &service);
+    let down = wait_until(Duration::from_secs(10), || {
+        last = http_get(&healthz);
+        matches!(&last, Ok((503, _)))
+    });
+    assert!(
+        down,
+        "{healthz}/healthz while port 31250 cannot be opened: {last:?}\n{}",
+        dump(&agent)
+    );
+    let (_, body) = last.clone().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert!(
+        v["degraded"].as_array().is_some_and(|d| d.iter().any(|x| x
+            .as_str()
+            .is_some_and(|s| s.contains("lb-health-check-ports")))),
+        "the 503 must name the degraded part: {body}"
+    );
+
+    // Released: the port opens on the next retry and the node is healthy again.
+    drop(held);
+    let back = wait_until(Duration::from_secs(15), || {
+        last = http_get(&healthz);
+        matches!(&last, Ok((200, _)))
+    });
+    assert!(
+        back,
+        "{healthz}/healthz after recovery: {last:?}\n{}",
+        dump(&agent)
+    );
+}

@@ -26,6 +26,7 @@ mod error;
 pub mod healthcheck;
 mod kinds;
 mod model;
+mod node_healthz;
 mod plan;
 mod writer;
 
@@ -36,7 +37,7 @@ use cilium_api::routes::ApiRoutes;
 use cilium_ipam::IpamEntry;
 use cilium_node::Node;
 use cilium_resources::{Pod, Resources};
-use hive::{BoxCell, Config, Health, Invoke, Job, JobGroup, Module, Provide};
+use hive::{BoxCell, Config, Health, HealthView, Invoke, Job, JobGroup, Module, Provide};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use statedb::{Db, Table};
@@ -79,6 +80,14 @@ pub struct LbConfig {
     /// Range cluster IPs are allocated from when a Service gives none.
     #[arg(long = "service-cidr", default_value = DEFAULT_SERVICE_CIDR)]
     pub service_cidr: Ipv4Net,
+    /// Address and port of the node's kube-proxy health endpoint (`GET /healthz`, probed by
+    /// cloud load balancers; kube-proxy's is 0.0.0.0:10256); empty to disable. Not served
+    /// with --enable-lb=false, where kube-proxy serves it.
+    #[arg(
+        long = "kube-proxy-replacement-healthz-bind-address",
+        default_value = ""
+    )]
+    pub kpr_healthz_bind_address: String,
 }
 
 impl Default for LbConfig {
@@ -86,6 +95,7 @@ impl Default for LbConfig {
         Self {
             enable_lb: true,
             service_cidr: Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16).unwrap_or_default(),
+            kpr_healthz_bind_address: String::new(),
         }
     }
 }
@@ -226,6 +236,7 @@ pub fn cell() -> BoxCell {
                  writer: Arc<Writer>,
                  resources: Arc<Resources>,
                  cfg: Arc<LbConfig>,
+                 view: Arc<HealthView>,
                  jobs: JobGroup| {
                     routes.add(api::router(writer.clone()));
                     resources.add_sync_waiter(
@@ -238,6 +249,13 @@ pub fn cell() -> BoxCell {
                         w.clone().run(cancel)
                     }));
                     // With --enable-lb=false kube-proxy serves the health checks itself.
+                    if cfg.enable_lb && !cfg.kpr_healthz_bind_address.is_empty() {
+                        let addr = cfg.kpr_healthz_bind_address.clone();
+                        let w = writer.clone();
+                        jobs.add(Job::one_shot("lb-node-healthz", move |cancel, health| {
+                            node_healthz::run(addr.clone(), w.clone(), view.clone(), cancel, health)
+                        }));
+                    }
                     if cfg.enable_lb {
                         jobs.add(Job::one_shot(
                             "lb-health-check-ports",
