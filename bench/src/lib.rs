@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod bpf_cost;
+
 /// One measured row: our figure and the baseline's, both in operations per second.
 #[derive(Debug, Clone)]
 pub struct Row {

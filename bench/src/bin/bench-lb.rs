@@ -24,6 +24,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cilium_bench::bpf_cost::{self, Cost, StatsOn, cpu_busy_ns, prog_stats};
 use cilium_e2e::model::ctl_apply;
 use cilium_e2e::services::{
     Cgroup, Client, SliceEp, SvcPort, enable_forwarding, lb_args, serve, service_yaml, slice_yaml,
@@ -596,12 +597,46 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Length of each pass with the BPF statistics on.
+const COST_WINDOW: Duration = Duration::from_secs(2);
+
+/// One pass of [`loops()`] connection loops for [`COST_WINDOW`] with the BPF run-time
+/// statistics on: where the CPU of a connection on this path goes.
+fn cost_pass(path: &str, client: &Client<'_>, addr: &str) -> Option<Cost> {
+    let _on = StatsOn::enable()
+        .map_err(|e| eprintln!("bench-lb: no BPF run-time statistics: {e}"))
+        .ok()?;
+    let before = (prog_stats(), cpu_busy_ns());
+    let out = client
+        .command(&[
+            "rate",
+            addr,
+            &COST_WINDOW.as_millis().to_string(),
+            &loops().to_string(),
+        ])
+        .output()
+        .ok()?;
+    let after = (prog_stats(), cpu_busy_ns());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let secs = v["secs"].as_f64().unwrap_or(COST_WINDOW.as_secs_f64());
+    let cost = Cost::from_window(
+        path,
+        v["ok"].as_f64()?,
+        Duration::from_secs_f64(secs),
+        (&before.0, before.1),
+        (&after.0, after.1),
+    );
+    eprintln!("cost of {path}: {cost:?}");
+    cost
+}
+
 /// Rows of our load balancer, plus the control-plane measurement (duration, note).
 fn run_ours(
     counts: &[usize],
     total: usize,
     dur: Duration,
     windows: u32,
+    costs: &mut Vec<Cost>,
 ) -> (Vec<Row>, (Option<Duration>, String)) {
     let cg = match Cgroup::new() {
         Ok(c) => c,
@@ -639,6 +674,23 @@ fn run_ours(
         rows.extend(measure_ours(&c, &cg, &addr, (dur, windows), n, &note));
         if n == counts[0] {
             rows.push(measure_direct(&c, &real, (dur, windows), n));
+        }
+        if Some(&n) == counts.last() {
+            costs.extend(cost_pass(
+                "ours, socket LB",
+                &Client::pod_in(&c.client, &cg),
+                &addr,
+            ));
+            costs.extend(cost_pass(
+                "ours, per-packet DNAT",
+                &Client::pod_out(&c.packet_client),
+                &addr,
+            ));
+            costs.extend(cost_pass(
+                "bound: no service",
+                &Client::pod_out(&c.direct_client),
+                &direct_addrs(&real),
+            ));
         }
     }
 
@@ -782,13 +834,10 @@ fn measure_direct(
     (dur, windows): (Duration, u32),
     n: usize,
 ) -> Row {
-    let addrs: Vec<String> = real
-        .iter()
-        .map(|ip| format!("{ip}:{TARGET_PORT}"))
-        .collect();
+    let addrs = direct_addrs(real);
     let client = Client::pod_out(&c.direct_client);
-    warm_up(&client, &addrs.join(","));
-    let (sample, par) = measure(&client, &addrs.join(","), dur, windows);
+    warm_up(&client, &addrs);
+    let (sample, par) = measure(&client, &addrs, dur, windows);
     eprintln!("direct: {sample:?} {par:?}");
     Row {
         implementation: "bound",
@@ -798,6 +847,15 @@ fn measure_direct(
         par,
         note: "what a service costing nothing would reach (within run-to-run noise)".into(),
     }
+}
+
+/// The backends' own addresses, comma-separated: what the bound row connects to in turn.
+fn direct_addrs(real: &[Ipv4Addr]) -> String {
+    let addrs: Vec<String> = real
+        .iter()
+        .map(|ip| format!("{ip}:{TARGET_PORT}"))
+        .collect();
+    addrs.join(",")
 }
 
 fn wait_until_count(agent: &Agent, want: usize) -> bool {
@@ -810,7 +868,7 @@ fn wait_until_count(agent: &Agent, want: usize) -> bool {
     })
 }
 
-fn run_iptables(counts: &[usize], dur: Duration, windows: u32) -> Vec<Row> {
+fn run_iptables(counts: &[usize], dur: Duration, windows: u32, costs: &mut Vec<Cost>) -> Vec<Row> {
     let saved = Command::new(ipt("iptables-save"))
         .args(["-t", "nat"])
         .output()
@@ -883,6 +941,9 @@ fn run_iptables(counts: &[usize], dur: Duration, windows: u32) -> Vec<Row> {
         }
         let (sample, par) = measure(&client, &addr, dur, windows);
         eprintln!("iptables, {n} services: {sample:?} {par:?} {note}");
+        if Some(&n) == counts.last() {
+            costs.extend(cost_pass("kube-proxy iptables", &client, &addr));
+        }
         rows.push(Row {
             implementation: "kube-proxy iptables",
             path: "netfilter DNAT (client in the pod)",
@@ -933,13 +994,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 1000 } else { 10_000 });
     let only_iptables = std::env::var_os("BENCH_LB_ONLY_IPTABLES").is_some();
+    let mut costs = Vec::new();
     let (mut rows, cp) = if only_iptables {
         (Vec::new(), (None, "not run".to_string()))
     } else {
-        run_ours(&counts, total, dur, windows)
+        run_ours(&counts, total, dur, windows, &mut costs)
     };
     if std::env::var_os("BENCH_LB_SKIP_IPTABLES").is_none() {
-        rows.extend(run_iptables(&counts, dur, windows));
+        rows.extend(run_iptables(&counts, dur, windows, &mut costs));
     }
 
     let rate = |imp: &str, path_prefix: &str, n: usize, par: bool| {
@@ -1041,6 +1103,13 @@ fn main() {
     ));
     for (what, value, goal) in goals {
         t.push_str(&format!("| {what} | {value} | {goal} |\n"));
+    }
+    if !costs.is_empty() {
+        t.push_str(&format!(
+            "\nWhere the CPU of a connection goes, at {hi} services: one more {} s pass per path with `kernel.bpf_stats_enabled` on (off for every row above; it adds two clock reads per program run). CPU = busy time of all CPUs (`/proc/stat`: user, system, irq, softirq), so both pods' TCP, the client and server processes, the veths and netfilter; BPF = the run time the kernel counted for our programs (`cil_*`, names cut to 15 characters), per connection made in the pass.\n",
+            COST_WINDOW.as_secs()
+        ));
+        t.push_str(&bpf_cost::table(&costs, loops, hi));
     }
     t.push_str(&format!(
         "\n| control plane | time | goal | notes |\n|---|---:|---|---|\n| {total} services × 10 backends in one `ciliumctl apply --wait` → all in the BPF services map | {} | ≤ 1 s (10,000) | {} |\n\nWhole run: {:.0} s.\n\n",
