@@ -100,7 +100,13 @@ trait ErasedKind: Send + Sync {
     ) -> Result<ResourceAction, ResourcesError>;
     fn delete(&self, txn: &mut WriteTxn, id: &ObjectId) -> Result<bool, ResourcesError>;
     fn list(&self, txn: &ReadTxn, namespace: Option<&str>, name: Option<&str>) -> Vec<Value>;
-    fn dump_json(&self, txn: &WriteTxn, size_hint: usize) -> String;
+    /// The kind's objects as `txn` sees them, to be encoded as a JSON array by the returned
+    /// job (which may run on another thread).
+    fn dump_json<'a>(
+        &self,
+        txn: &'a WriteTxn,
+        size_hint: usize,
+    ) -> Box<dyn FnOnce() -> String + Send + 'a>;
     fn len(&self, txn: &ReadTxn) -> usize;
     fn restore(
         &self,
@@ -177,25 +183,33 @@ impl<K: ResourceKind> ErasedKind for Erased<K> {
             .filter_map(|o| serde_json::to_value(&*o).ok())
             .collect()
     }
-    fn dump_json(&self, txn: &WriteTxn, size_hint: usize) -> String {
-        // A JSON array written straight from the objects (no intermediate `Value`s), into a
-        // buffer sized from the last encoding (growing a 10 MB buffer copies it repeatedly).
-        let mut out = Vec::with_capacity(size_hint + size_hint / 4 + 4096);
-        out.push(b'[');
-        for (i, o) in self.0.table().all(txn).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            if serde_json::to_writer(&mut out, &*o).is_err() {
-                // An object that cannot be encoded is skipped, as before; it cannot happen for
-                // the kinds' own types (plain data), and the file stays valid JSON.
-                if out.last() == Some(&b',') {
-                    out.pop();
+    fn dump_json<'a>(
+        &self,
+        txn: &'a WriteTxn,
+        size_hint: usize,
+    ) -> Box<dyn FnOnce() -> String + Send + 'a> {
+        let objects = self.0.table().all(txn);
+        Box::new(move || {
+            // A JSON array written straight from the objects (no intermediate `Value`s), into
+            // a buffer sized from the last encoding (growing a 10 MB buffer copies it
+            // repeatedly).
+            let mut out = Vec::with_capacity(size_hint + size_hint / 4 + 4096);
+            out.push(b'[');
+            for (i, o) in objects.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if serde_json::to_writer(&mut out, &*o).is_err() {
+                    // An object that cannot be encoded is skipped, as before; it cannot happen
+                    // for the kinds' own types (plain data), and the file stays valid JSON.
+                    if out.last() == Some(&b',') {
+                        out.pop();
+                    }
                 }
             }
-        }
-        out.push(b']');
-        String::from_utf8(out).unwrap_or_else(|_| "[]".to_string())
+            out.push(b']');
+            String::from_utf8(out).unwrap_or_else(|_| "[]".to_string())
+        })
     }
     fn len(&self, txn: &ReadTxn) -> usize {
         self.0.table().len(txn)
@@ -554,7 +568,7 @@ impl Resources {
             changes.push(change(kind, &p.id, action));
         }
         let written = started.elapsed();
-        self.persist_and_commit(txn, &kinds)?;
+        let times = self.persist_and_commit(txn, &kinds)?;
         log_changes(&changes, "applied");
         tracing::info!(
             objects = changes.len(),
@@ -562,6 +576,8 @@ impl Resources {
             validate_ms = ms(validated - parsed),
             write_ms = ms(written - validated),
             persist_ms = ms(started.elapsed() - written),
+            encode_ms = ms(times.encode),
+            fsync_ms = ms(times.store),
             "apply done"
         );
         Ok(changes)
@@ -634,14 +650,37 @@ impl Resources {
         &self,
         txn: WriteTxn,
         touched: &[Arc<dyn ErasedKind>],
-    ) -> Result<(), ResourcesError> {
+    ) -> Result<PersistTimes, ResourcesError> {
+        let started = std::time::Instant::now();
         let mut saved = self.saved.lock().clone();
         let mut done = BTreeSet::new();
-        for k in touched {
-            if done.insert(k.kind()) {
-                let hint = saved.get(k.kind()).map_or(0, |t| t.len());
-                saved.insert(k.kind().to_string(), Arc::new(k.dump_json(&txn, hint)));
-            }
+        let todo: Vec<(&Arc<dyn ErasedKind>, usize)> = touched
+            .iter()
+            .filter(|k| done.insert(k.kind()))
+            .map(|k| (k, saved.get(k.kind()).map_or(0, |t| t.len())))
+            .collect();
+        // Each touched kind is encoded on its own thread when there is enough to encode (a
+        // 10,000-service apply touches Services and EndpointSlices, 6 MB each).
+        let parallel = todo.len() > 1
+            && todo.iter().map(|(_, hint)| hint).sum::<usize>() >= PARALLEL_ENCODE_MIN_BYTES;
+        let jobs: Vec<_> = todo
+            .iter()
+            .map(|&(k, hint)| k.dump_json(&txn, hint))
+            .collect();
+        let encoded: Vec<String> = if parallel {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs.into_iter().map(|job| s.spawn(job)).collect();
+                // A panic while encoding goes on as it would on this thread.
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        } else {
+            jobs.into_iter().map(|job| job()).collect()
+        };
+        for ((k, _), text) in todo.iter().zip(encoded) {
+            saved.insert(k.kind().to_string(), Arc::new(text));
         }
         // `{"kinds":{"Kind":[...],...}}`: the layout of [`Persisted`], assembled from parts.
         let mut bytes =
@@ -660,11 +699,16 @@ impl Resources {
             bytes.extend_from_slice(text.as_bytes());
         }
         bytes.extend_from_slice(b"}}\n");
+        let encoded = started.elapsed();
         self.file.store_bytes(&bytes)?;
+        let stored = started.elapsed();
         txn.commit();
         *self.saved.lock() = saved;
         self.report();
-        Ok(())
+        Ok(PersistTimes {
+            encode: encoded,
+            store: stored - encoded,
+        })
     }
 
     fn report(&self) {
@@ -689,6 +733,17 @@ impl Resources {
 
 /// Files with at least this many documents are parsed on several threads.
 pub(crate) const PARALLEL_PARSE_MIN: usize = 2000;
+
+/// Kinds are encoded for the state file on one thread each when their last encodings add up
+/// to at least this many bytes (below it a thread costs more than it saves).
+const PARALLEL_ENCODE_MIN_BYTES: usize = 1 << 20;
+
+/// How long writing the state file took: encoding the touched kinds, then writing and
+/// syncing the file.
+struct PersistTimes {
+    encode: std::time::Duration,
+    store: std::time::Duration,
+}
 
 /// What parsing one document gave (`None`: not routed to a kind).
 type ParseOutcome = Option<Result<Box<dyn Any + Send>, Vec<FieldError>>>;
