@@ -751,8 +751,9 @@ int cil_from_netdev(struct __sk_buff *ctx)
  * Host devices' egress (`--devices`, tcx egress): the replies of NodePort
  * flows whose backend is the host itself (a host-network server). The request
  * was DNATed at cil_from_netdev and delivered by the host stack; the host's
- * reply leaves here and gets the frontend back as its source. A read-only
- * conntrack lookup, so the host's own traffic is never tracked.
+ * reply leaves here and gets the frontend back as its source, and its entry
+ * sees the reply (TCP state, lifetime). Only existing entries are looked up,
+ * so the host's own traffic is never tracked.
  */
 SEC("tcx/egress")
 int cil_to_netdev(struct __sk_buff *ctx)
@@ -775,13 +776,11 @@ int cil_to_netdev(struct __sk_buff *ctx)
 	nat.rev_nat_id = e->rev_nat_id;
 	nat.flags = e->flags & CT_F_NAT_MASK;
 	nat.aux = e->nat_aux;
-	__sync_fetch_and_add(&e->rx_packets, 1);
-	__sync_fetch_and_add(&e->rx_bytes, pkt.len);
+	load_config(&cfg);
+	ct_reply_seen4(e, &pkt, &cfg);
 	ret = lb4_rev_nat(ctx, &pkt, &nat);
-	if (ret < 0) {
-		load_config(&cfg);
+	if (ret < 0)
 		return drop(ctx, &cfg, -ret, METRIC_DIR_EGRESS, &pkt, 0, IDENTITY_HOST);
-	}
 	return TC_ACT_OK;
 }
 

@@ -312,6 +312,25 @@ static __always_inline struct ct_entry4 *ct_lookup_reply4(const struct pkt_info 
 	return e;
 }
 
+/*
+ * A reply seen by a hook that only looks entries up (ct_lookup_reply4): counted,
+ * its TCP flags folded into the state and the lifetime renewed, as ct_process
+ * does for replies; so a flow whose replies only pass such a hook still becomes
+ * established, closes, and stays alive while only the reply side talks.
+ */
+static __always_inline void ct_reply_seen4(struct ct_entry4 *e, const struct pkt_info *pkt,
+					   const struct dp_config *cfg)
+{
+	__u32 now_s = (__u32)(now_boot_ns() / NSEC_PER_SEC);
+
+	__sync_fetch_and_add(&e->rx_packets, 1);
+	__sync_fetch_and_add(&e->rx_bytes, pkt->len);
+	if (pkt->proto == IPPROTO_TCP)
+		e->rx_flags_seen |= pkt->tcp_flags;
+	ct_update_tcp_state(e);
+	e->lifetime = now_s + ct_lifetime(e, pkt->proto, cfg);
+}
+
 /* Removes the entry a dropped first packet created (so its "replies" get no pass). */
 static __always_inline void ct_delete4(const struct pkt_info *pkt)
 {

@@ -376,6 +376,34 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
         &seen,
         &host_np,
     );
+    // The host's replies pass only cil_to_netdev, and their conntrack entries still see
+    // them: every connection above closed, so its entry is closing and goes within the FIN
+    // timeout (10 s), instead of waiting for the SYN timeout renewed by the client alone.
+    let ct = agent.ctl_json(&["bpf", "ct", "list"]);
+    let flows: Vec<&serde_json::Value> = ct
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["src_ip"] == seen.as_str() && e["dst_port"] == 18_242)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        flows.len() >= 10,
+        "the host backend's flows are not in conntrack: {ct}"
+    );
+    for e in flows {
+        let closing = e["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "closing"));
+        assert!(
+            closing
+                && e["rx_flags_seen"].as_str().is_some_and(|f| f.contains("FIN"))
+                && e["expires_in_seconds"].as_i64().is_some_and(|s| s <= 10),
+            "a closed connection to the host backend must be closing, with the host's FIN \
+             seen: {e}"
+        );
+    }
 }
 
 /// Every reply of `r` answered by `token`, which saw the client as `seen`, and came from
