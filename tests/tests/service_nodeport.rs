@@ -398,7 +398,9 @@ fn nodeport_to_a_backend_elsewhere_is_source_natted() {
             .is_some_and(|f| f.iter().any(|x| x == "closing"));
         assert!(
             closing
-                && e["rx_flags_seen"].as_str().is_some_and(|f| f.contains("FIN"))
+                && e["rx_flags_seen"]
+                    .as_str()
+                    .is_some_and(|f| f.contains("FIN"))
                 && e["expires_in_seconds"].as_i64().is_some_and(|s| s <= 10),
             "a closed connection to the host backend must be closing, with the host's FIN \
              seen: {e}"

@@ -83,13 +83,8 @@ pub fn answer(hc: &HealthCheck) -> (StatusCode, String) {
     (status, body.to_string())
 }
 
-type Shared = Arc<Mutex<Option<HealthCheck>>>;
-
-async fn handle(State(state): State<Shared>) -> Response {
-    let Some(hc) = state.lock().clone() else {
-        return (StatusCode::NOT_FOUND, "no service on this port\n").into_response();
-    };
-    let (status, body) = answer(&hc);
+/// A JSON answer of a health endpoint, with the headers kube-proxy sends.
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -99,6 +94,17 @@ async fn handle(State(state): State<Shared>) -> Response {
         "X-Content-Type-Options",
         HeaderValue::from_static("nosniff"),
     );
+    r
+}
+
+type Shared = Arc<Mutex<Option<HealthCheck>>>;
+
+async fn handle(State(state): State<Shared>) -> Response {
+    let Some(hc) = state.lock().clone() else {
+        return (StatusCode::NOT_FOUND, "no service on this port\n").into_response();
+    };
+    let (status, body) = answer(&hc);
+    let mut r = json_response(status, body);
     if let Ok(v) = HeaderValue::from_str(&hc.local_endpoints.to_string()) {
         r.headers_mut()
             .insert("X-Load-Balancing-Endpoint-Weight", v);

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use hive::{CancellationToken, Health, HealthView, Level};
 use parking_lot::Mutex;
@@ -69,16 +69,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         .collect();
     let sync = *s.sync.lock();
     let (status, body) = answer(&degraded, sync.in_sync, sync.last, SystemTime::now());
-    let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        "X-Content-Type-Options",
-        HeaderValue::from_static("nosniff"),
-    );
-    r
+    crate::healthcheck::json_response(status, body)
 }
 
 /// Serves `/healthz` on `addr` until `cancel`, following the `frontends` table for
