@@ -398,7 +398,9 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct pkt_info *p
  * (client -> backend), which the client's socket does not recognise: the
  * quoted destination goes back to the frontend (with the quoted header's
  * checksum and the ICMP checksum), and so does the error's source when the
- * backend itself sent it. Returns 1 when related, 0 when not, or -DROP_*.
+ * backend itself sent it. A hairpin flow (the client is its own backend) gets
+ * its quote and addresses turned back whole, so the error reaches the client
+ * from the frontend. Returns 1 when related, 0 when not, or -DROP_*.
  */
 static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_info *pkt,
 					     struct ct_nat *nat)
@@ -425,12 +427,26 @@ static __always_inline int icmp_err_related4(struct __sk_buff *ctx, struct pkt_i
 	nat->rev_nat_id = e->rev_nat_id;
 	nat->flags = e->flags & CT_F_NAT_MASK;
 	nat->aux = e->nat_aux;
-	if (!(e->flags & CT_F_SERVICE) || (e->flags & CT_F_HAIRPIN))
+	if (!(e->flags & CT_F_SERVICE))
 		return 1;
 	rn = lb4_lookup_revnat(e->rev_nat_id);
 	if (!rn)
 		return 1;
 	backend = q.ip.daddr;
+	if (e->flags & CT_F_HAIRPIN) {
+		/* The client is its own backend: the error (client -> frontend) quotes the
+		 * packet as the hairpin SNAT sent it (frontend:sport -> client:bport). The
+		 * client sent client:sport -> frontend:port, and the error comes back from
+		 * the frontend, into the client (its address is now the destination). */
+		if (icmp_quote_nat(ctx, pkt, &q, 1, backend, q.sport) < 0 ||
+		    icmp_quote_nat(ctx, pkt, &q, 0, rn->address, rn->port) < 0 ||
+		    nat_addr(ctx, pkt, 1, pkt->saddr, rn->address) < 0 ||
+		    nat_addr(ctx, pkt, 0, pkt->daddr, backend) < 0)
+			return -DROP_WRITE_ERROR;
+		pkt->saddr = rn->address;
+		pkt->daddr = backend;
+		return 1;
+	}
 	if (icmp_quote_nat(ctx, pkt, &q, 0, rn->address, rn->port) < 0)
 		return -DROP_WRITE_ERROR;
 	if (pkt->saddr == backend) {

@@ -362,6 +362,32 @@ fn hairpin_a_pod_reaches_itself_through_its_service() {
         let r = client.tcp(&addr, 5, 2000);
         check_replies(&format!("{what} hairpin"), &r, &["self"], &addr);
     }
+
+    // A port the pod does not listen on: its own ICMP port unreachable about the hairpinned
+    // datagram is turned back into an error from the frontend, so the client's socket is
+    // refused at once instead of waiting.
+    let udp_vip = Ipv4Addr::new(10, 230, 3, 11);
+    let udp_ports = [SvcPort::udp("closed", 53, 5399)];
+    apply(
+        &agent,
+        &format!(
+            "{}{}",
+            service_yaml(NS, "self-udp", udp_vip, &udp_ports, ""),
+            slice("self-udp", "self-udp-1", &[c.ip], &udp_ports)
+        ),
+    );
+    wait_programmed(&agent, &format!("{udp_vip}:53/udp"), &eps(&[c.ip], 5399));
+    let udp_addr = format!("{udp_vip}:53");
+    for client in [Client::pod_out(&c), Client::pod_in(&c, &cg)] {
+        let what = client.describe();
+        let r = client.udp_connected(&udp_addr, 3, 3000);
+        assert!(
+            !r.is_empty() && r.iter().all(|x| x == &Reply::Err("refused".into())),
+            "{what}: a datagram to itself through {udp_addr} (port closed) must be refused, got \
+             {r:?}\n{}",
+            dump(&agent)
+        );
+    }
 }
 
 #[test]
