@@ -256,7 +256,6 @@ static __always_inline int lb4_src_range_ok(const struct lb4_service *svc, __be3
 		.rev_nat_id = svc->rev_nat_id,
 		.addr = saddr,
 	};
-
 	int listed;
 
 	if (!(svc->flags & SVC_F_SRC_RANGE))

@@ -765,7 +765,8 @@ pub struct LbMaps {
     pub sk_fwd: TypedMap<Lb4SkFwdKey, Lb4SkFwdVal>,
     /// `cilium_snat4_v1` (LRU): NodePort SNAT towards backends elsewhere.
     pub snat: TypedMap<Snat4Key, Snat4Val>,
-    /// `cilium_lb4_source_range_v1` (LPM trie): allowed client prefixes per frontend.
+    /// `cilium_lb4_source_range_v1` (LPM trie): the source-range client prefixes per frontend
+    /// (admitted, or refused when the header says `SVC_F_SRC_RANGE_DENY`).
     pub src_range: TypedMap<Lb4SrcRangeKey, u32>,
     /// `cilium_lb_config_v1`.
     pub config: TypedMap<u32, LbConfig>,
@@ -912,14 +913,14 @@ impl LbMaps {
         )
     }
 
-    /// Adds the allowed client prefixes `(service id, prefix, length)` (host bits cleared).
+    /// Adds source-range client prefixes `(service id, prefix, length)` (host bits cleared).
     pub fn add_src_ranges(&self, ranges: &[(u16, Ipv4Addr, u8)]) -> Result<()> {
         ranges
             .iter()
             .try_for_each(|&(id, a, l)| self.src_range.insert(&Lb4SrcRangeKey::new(id, a, l), &0))
     }
 
-    /// Removes allowed client prefixes (absent ones are ignored).
+    /// Removes source-range client prefixes (absent ones are ignored).
     pub fn remove_src_ranges(&self, ranges: &[(u16, Ipv4Addr, u8)]) -> Result<usize> {
         let keys: Vec<Lb4SrcRangeKey> = ranges
             .iter()
@@ -928,7 +929,7 @@ impl LbMaps {
         self.src_range.delete_many(&keys)
     }
 
-    /// Every allowed client prefix as `(service id, prefix, length)`, sorted.
+    /// Every source-range client prefix as `(service id, prefix, length)`, sorted.
     pub fn src_ranges(&self) -> Result<Vec<(u16, Ipv4Addr, u8)>> {
         let mut v: Vec<(u16, Ipv4Addr, u8)> = self
             .src_range

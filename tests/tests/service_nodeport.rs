@@ -31,14 +31,21 @@ fn nodeport_agent(
     node: &str,
     devices: &str,
 ) -> cilium_e2e::Agent {
-    start_agent(
-        pod_cidr,
-        &lb_args(
-            cg,
-            service_cidr,
-            &["--node-name", node, "--devices", devices],
-        ),
-    )
+    nodeport_agent_with(cg, pod_cidr, service_cidr, node, devices, &[])
+}
+
+/// [`nodeport_agent`] with `extra` agent flags.
+fn nodeport_agent_with(
+    cg: &Cgroup,
+    pod_cidr: &str,
+    service_cidr: &str,
+    node: &str,
+    devices: &str,
+    extra: &[&str],
+) -> cilium_e2e::Agent {
+    let mut args = vec!["--node-name", node, "--devices", devices];
+    args.extend_from_slice(extra);
+    start_agent(pod_cidr, &lb_args(cg, service_cidr, &args))
 }
 
 fn outside_until_ok(out: &Outside, addr: &str) -> Reply {
@@ -674,6 +681,20 @@ fn http_get(addr: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
+/// Polls `GET /healthz` at `addr` for up to `secs` until it answers `status`: the body, or the
+/// last answer when it never did.
+fn http_until(addr: &str, secs: u64, status: u16) -> Result<String, Result<(u16, String), String>> {
+    let mut last = Err("never tried".to_string());
+    let ok = wait_until(Duration::from_secs(secs), || {
+        last = http_get(addr);
+        matches!(&last, Ok((s, _)) if *s == status)
+    });
+    match last {
+        Ok((_, body)) if ok => Ok(body),
+        other => Err(other),
+    }
+}
+
 /// healthCheckNodePort: a LoadBalancer service with externalTrafficPolicy Local gets a node
 /// port where this node answers 200 while it has a ready local endpoint and 503 when it has
 /// none, so an outside load balancer skips it; the port closes with the service.
@@ -704,17 +725,12 @@ fn health_check_node_port_reports_local_endpoints() {
     };
     apply(&agent, &format!("{service}{}", slice(true)));
     let hc = format!("{}:31246", out.host_ip);
-    let mut last = Err("never tried".to_string());
-    let up = wait_until(Duration::from_secs(10), || {
-        last = http_get(&hc);
-        matches!(&last, Ok((200, _)))
+    let body = http_until(&hc, 10, 200).unwrap_or_else(|last| {
+        panic!(
+            "health check {hc} with one local ready endpoint: {last:?}\n{}",
+            dump(&agent)
+        )
     });
-    assert!(
-        up,
-        "health check {hc} with one local ready endpoint: {last:?}\n{}",
-        dump(&agent)
-    );
-    let (_, body) = last.clone().unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     assert_eq!(v["localEndpoints"], 1, "{body}");
     assert_eq!(v["service"]["name"], "hc", "{body}");
@@ -727,17 +743,13 @@ fn health_check_node_port_reports_local_endpoints() {
 
     // The endpoint is no longer ready: 503, the outside load balancer stops sending here.
     apply(&agent, &slice(false));
-    let drained = wait_until(Duration::from_secs(10), || {
-        last = http_get(&hc);
-        matches!(&last, Ok((503, _)))
-    });
-    assert!(
-        drained,
-        "health check {hc} without a ready local endpoint: {last:?}"
-    );
+    if let Err(last) = http_until(&hc, 10, 503) {
+        panic!("health check {hc} without a ready local endpoint: {last:?}");
+    }
 
     // The service goes: so does the port.
     ctl_apply(&agent, "delete", &service).expect("delete the service");
+    let mut last = Err("never tried".to_string());
     let closed = wait_until(Duration::from_secs(10), || {
         last = http_get(&hc);
         last.as_ref().is_err_and(|e| e.contains("refused"))
@@ -760,32 +772,20 @@ fn kube_proxy_healthz_follows_the_agent_health() {
     let out = Outside::new(Ipv4Addr::new(10, 244, 202, 0));
     let node = "e2e-kprhz";
     let healthz = format!("{}:10256", out.host_ip);
-    let agent = start_agent(
+    let agent = nodeport_agent_with(
+        &cg,
         "10.244.4.0/24",
-        &lb_args(
-            &cg,
-            "10.244.5.0/24",
-            &[
-                "--node-name",
-                node,
-                "--devices",
-                &out.host_if,
-                "--kube-proxy-replacement-healthz-bind-address",
-                &healthz,
-            ],
-        ),
+        "10.244.5.0/24",
+        node,
+        &out.host_if,
+        &["--kube-proxy-replacement-healthz-bind-address", &healthz],
     );
-    let mut last = Err("never tried".to_string());
-    let up = wait_until(Duration::from_secs(10), || {
-        last = http_get(&healthz);
-        matches!(&last, Ok((200, _)))
+    let body = http_until(&healthz, 10, 200).unwrap_or_else(|last| {
+        panic!(
+            "{healthz}/healthz of a healthy agent: {last:?}\n{}",
+            dump(&agent)
+        )
     });
-    assert!(
-        up,
-        "{healthz}/healthz of a healthy agent: {last:?}\n{}",
-        dump(&agent)
-    );
-    let (_, body) = last.clone().unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     assert!(
         v["currentTime"].is_string() && v["lastUpdated"] == v["currentTime"],
@@ -804,16 +804,12 @@ fn kube_proxy_healthz_follows_the_agent_health() {
         "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 31250\n",
     );
     apply(&agent, &service);
-    let down = wait_until(Duration::from_secs(10), || {
-        last = http_get(&healthz);
-        matches!(&last, Ok((503, _)))
+    let body = http_until(&healthz, 10, 503).unwrap_or_else(|last| {
+        panic!(
+            "{healthz}/healthz while port 31250 cannot be opened: {last:?}\n{}",
+            dump(&agent)
+        )
     });
-    assert!(
-        down,
-        "{healthz}/healthz while port 31250 cannot be opened: {last:?}\n{}",
-        dump(&agent)
-    );
-    let (_, body) = last.clone().unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     assert!(
         v["degraded"].as_array().is_some_and(|d| d.iter().any(|x| x
@@ -824,13 +820,10 @@ fn kube_proxy_healthz_follows_the_agent_health() {
 
     // Released: the port opens on the next retry and the node is healthy again.
     drop(held);
-    let back = wait_until(Duration::from_secs(15), || {
-        last = http_get(&healthz);
-        matches!(&last, Ok((200, _)))
-    });
-    assert!(
-        back,
-        "{healthz}/healthz after recovery: {last:?}\n{}",
-        dump(&agent)
-    );
+    if let Err(last) = http_until(&healthz, 15, 200) {
+        panic!(
+            "{healthz}/healthz after recovery: {last:?}\n{}",
+            dump(&agent)
+        );
+    }
 }

@@ -2,9 +2,9 @@
 //! `frontends` (written by cilium-loadbalancer) into the BPF maps `cilium_lb4_services_v1`,
 //! `cilium_lb4_backends_v1`, `cilium_lb4_reverse_nat_v1`, `cilium_lb4_maglev_v1` and
 //! `cilium_lb4_source_range_v1` (in an order that never exposes a half-written service, see
-//! [`ops`]), computes Maglev tables
-//! ([`maglev`]), attaches the socket load-balancing programs to `--cgroup-root` and the
-//! NodePort program to the `--devices`, and serves `GET /v1/bpf/lb` and `GET /v1/bpf/nat`.
+//! [`ops`]), computes Maglev tables ([`maglev`]), attaches the socket load-balancing
+//! programs to `--cgroup-root` and the NodePort program to the `--devices`, and serves
+//! `GET /v1/bpf/lb` and `GET /v1/bpf/nat`.
 //!
 //! Flags: `--lb-algorithm random|maglev`, `--maglev-table-size` (prime, default 16381),
 //! `--cgroup-root` (default: the host's cgroup v2 mount). With `--enable-lb=false` (the

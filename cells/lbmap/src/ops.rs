@@ -80,7 +80,7 @@ pub struct FrontendDesc {
     /// ClientIP affinity timeout (s), 0 = none.
     pub affinity_timeout_secs: u32,
     /// `loadBalancerSourceRanges` (prefix, length; host bits zero): when not empty only
-    /// clients in one of them reach the frontend.
+    /// clients in one of them reach the frontend (with `source_ranges_deny`: all others).
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
     /// `service.cilium.io/src-ranges-policy: deny`: the ranges are the clients refused.
     pub source_ranges_deny: bool,
@@ -128,11 +128,11 @@ pub trait LbBackend: Send + Sync + 'static {
     }
     /// Deletes a reverse-NAT entry (absent is fine).
     fn delete_revnat(&self, id: u16) -> Result<(), cilium_bpf::Error>;
-    /// Adds allowed client prefixes.
+    /// Adds source-range client prefixes.
     fn write_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error>;
-    /// Deletes allowed client prefixes (absent is fine).
+    /// Deletes source-range client prefixes (absent is fine).
     fn delete_src_ranges(&self, r: &[SrcRange]) -> Result<(), cilium_bpf::Error>;
-    /// Every allowed client prefix.
+    /// Every source-range client prefix.
     fn src_ranges(&self) -> Result<Vec<SrcRange>, cilium_bpf::Error>;
     /// Every service entry.
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error>;

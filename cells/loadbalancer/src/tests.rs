@@ -1047,6 +1047,10 @@ fn source_ranges_policy_deny_turns_the_ranges_into_the_clients_refused() {
         vec!["10.9.0.0/16".parse::<Ipv4Net>().unwrap()]
     );
     assert!(a.service("default", "deny").unwrap().source_ranges_deny);
+    assert!(
+        !a.frontend("10.96.0.42:80/TCP").unwrap().source_ranges_deny,
+        "the policy goes only where the ranges go (LoadBalancer frontends)"
+    );
     let info = crate::api::frontend_info(&f);
     assert_eq!(info.source_ranges_policy, "deny");
     // Back to allow: the frontend is rewritten.

@@ -997,7 +997,9 @@ impl Writer {
                     } else {
                         Vec::new()
                     },
-                    source_ranges_deny: obj.source_ranges_deny,
+                    // Only where there are ranges: the policy alone changes nothing.
+                    source_ranges_deny: pf.kind == FrontendKind::LoadBalancer
+                        && obj.source_ranges_deny,
                     ext_traffic_local: obj.ext_traffic_local,
                     int_traffic_local: obj.int_traffic_local,
                     status: Status::pending(),
