@@ -309,7 +309,8 @@ static __always_inline int rewrite_for_delivery(struct __sk_buff *ctx,
  * to it (and, when the backend is the client itself, SNATed to the
  * frontend so the reply comes back through here: hairpin). @nat receives
  * the service state for the conntrack entry of the translated tuple.
- * @ingress_ifindex: NodePort (replies leave through that device), 0 for pods.
+ * @ingress_ifindex: NodePort (replies leave through that device), 0 for pods,
+ * which use the frontend's internal scope when it has two.
  * Returns 0 (translated or not a service), LB_REFUSED (no backend) or -DROP_*.
  */
 static __always_inline int lb4_xlate_fwd(struct __sk_buff *ctx, const struct dp_config *cfg,
@@ -320,6 +321,7 @@ static __always_inline int lb4_xlate_fwd(struct __sk_buff *ctx, const struct dp_
 	struct lb4_backend be = {}, *bep;
 	__be32 vip = pkt->daddr, saddr = pkt->saddr;
 	__u32 id;
+	__u8 scope = LB_SCOPE_EXT;
 	int ret;
 
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
@@ -331,6 +333,8 @@ static __always_inline int lb4_xlate_fwd(struct __sk_buff *ctx, const struct dp_
 	/* loadBalancerSourceRanges: every packet, before anything is learnt. */
 	if (!lb4_src_range_ok(&svc, pkt->saddr))
 		return -DROP_LB_SRC_RANGE;
+	if (!ingress_ifindex)
+		lb4_in_node_scope(&svc, pkt->daddr, pkt->dport, pkt->proto, &scope);
 	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
 		/* Track the refused packet so the refusal is a reply. */
 		int report;
@@ -350,7 +354,7 @@ static __always_inline int lb4_xlate_fwd(struct __sk_buff *ctx, const struct dp_
 		__u32 hash = lb4_flow_hash(pkt->saddr, pkt->daddr, pkt->sport, pkt->dport,
 					   pkt->proto);
 
-		id = lb4_select_backend(&svc, pkt->daddr, pkt->dport, pkt->proto, hash,
+		id = lb4_select_backend(&svc, pkt->daddr, pkt->dport, pkt->proto, scope, hash,
 					(__u64)pkt->saddr, 0, 1, &be);
 		if (!id) {
 			int report;
@@ -813,7 +817,8 @@ int cil_to_netdev(struct __sk_buff *ctx)
  * socket cookie for recvmsg4/getpeername4. External frontends (NodePort,
  * ExternalIP, LoadBalancer) are only translated in the host network
  * namespace (cilium_lb_config_v1), so other namespaces on the machine reach
- * them through the devices like any outside client. No backend: the call
+ * them through the devices like any outside client; the host's own sockets use
+ * the frontend's internal scope when it has two. No backend: the call
  * fails at once with ECONNREFUSED. A refused call counts as one packet (0
  * bytes) of its drop reason in cilium_metrics_v1. @sendmsg: unconnected UDP
  * keeps one backend per socket and frontend (cilium_lb4_sk_fwd_v1).
@@ -827,6 +832,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendms
 	__u8 proto = (__u8)ctx->protocol;
 	__u64 netns, cookie;
 	__u32 id = 0;
+	__u8 scope;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return SYS_PROCEED;
@@ -857,6 +863,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendms
 			return SYS_REJECT;
 		}
 	}
+	lb4_in_node_scope(&svc, addr, port, proto, &scope);
 	if (!svc.count || (svc.flags & SVC_F_NO_BACKENDS)) {
 		update_metrics(DROP_NO_SERVICE, METRIC_DIR_EGRESS, 0);
 		bpf_set_retval(-ECONNREFUSED_);
@@ -878,7 +885,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int sendms
 		}
 	}
 	if (!id) {
-		id = lb4_select_backend(&svc, addr, port, proto, 0, netns, 1, 0, &be);
+		id = lb4_select_backend(&svc, addr, port, proto, scope, 0, netns, 1, 0, &be);
 		if (!id) {
 			update_metrics(DROP_NO_SERVICE, METRIC_DIR_EGRESS, 0);
 			bpf_set_retval(-ECONNREFUSED_);

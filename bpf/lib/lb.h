@@ -4,10 +4,11 @@
  * hooks (cgroup connect4/sendmsg4/recvmsg4/getpeername4), the per-packet DNAT
  * at from-container and NodePort at the host devices.
  *
- *   cilium_lb4_services_v1  HASH  {vip, dport, proto, slot} -> slot 0: header
- *                                  (count, rev_nat id, flags, algorithm,
+ *   cilium_lb4_services_v1  HASH  {vip, dport, proto, slot, scope} -> slot 0:
+ *                                  header (count, rev_nat id, flags, algorithm,
  *                                  affinity timeout, Maglev size); slot n>0:
- *                                  backend id
+ *                                  backend id. Scope LB_SCOPE_INT holds a second
+ *                                  set for clients on this node (two scopes).
  *   cilium_lb4_backends_v1  HASH  backend id -> {addr, port, proto, state}
  *   cilium_lb4_reverse_nat_v1 HASH rev_nat id -> {vip, port}
  *   cilium_lb4_affinity_v1  LRU   {client ip | netns cookie, rev_nat id} -> {backend, last used}
@@ -22,9 +23,11 @@
  *   cilium_lb_config_v1     ARRAY one lb_config (host netns cookie, node address)
  *
  * Write order (userspace, cilium-lbmap): backends, slots 1..n, Maglev table,
- * reverse NAT, source ranges, then the slot-0 header (ranges a frontend no
- * longer has are deleted after it); the datapath only reads `count` slots
- * named by the header, so a half-written service is never visible.
+ * reverse NAT, source ranges, the internal scope's header, then the external
+ * slot-0 header (ranges a frontend no longer has, and an internal scope it no
+ * longer has, are deleted after it); the datapath only reads `count` slots
+ * named by a header, and follows SVC_F_TWO_SCOPES only to an internal header
+ * that exists, so a half-written service is never visible.
  */
 #pragma once
 
@@ -44,6 +47,14 @@
 #define SVC_F_EXTERNAL (1U << 2)    /* NodePort / ExternalIP / LoadBalancer frontend */
 #define SVC_F_SRC_RANGE (1U << 3)   /* only clients in cilium_lb4_source_range_v1 */
 #define SVC_F_SRC_RANGE_DENY (1U << 4) /* with SVC_F_SRC_RANGE: all but those clients */
+/* externalTrafficPolicy: Local with backends elsewhere: the header and slots of
+ * scope LB_SCOPE_EXT hold the local backends (outside clients), those of scope
+ * LB_SCOPE_INT every backend (pods and host processes of this node). */
+#define SVC_F_TWO_SCOPES (1U << 5)
+
+/* lb4_key.scope */
+#define LB_SCOPE_EXT 0
+#define LB_SCOPE_INT 1
 
 /* lb4_service.algorithm */
 #define LB_ALG_RANDOM 0
@@ -59,7 +70,8 @@ struct lb4_key {
 	__be16 dport;   /* frontend port */
 	__u16 slot;     /* 0 = header, 1..count = backend slots */
 	__u8 proto;     /* IPPROTO_TCP / UDP / SCTP */
-	__u8 pad[3];
+	__u8 scope;     /* LB_SCOPE_* */
+	__u8 pad[2];
 };
 
 /* Value of cilium_lb4_services_v1. 16 bytes. */
@@ -269,10 +281,37 @@ static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 id)
 	return bpf_map_lookup_elem(&cilium_lb4_backends_v1, &id);
 }
 
-/* Backend id of slot @slot (1-based) of the service @svc was found under. */
-static __always_inline __u32 lb4_slot_backend(__be32 addr, __be16 port, __u8 proto, __u16 slot)
+/*
+ * The backend set clients on this node (pods, host processes) use for the
+ * frontend whose header is @svc: with SVC_F_TWO_SCOPES the header of scope
+ * LB_SCOPE_INT replaces @svc (and *@scope says so); otherwise, or while that
+ * header is not written, @svc stays.
+ */
+static __always_inline void lb4_in_node_scope(struct lb4_service *svc, __be32 addr, __be16 port,
+					      __u8 proto, __u8 *scope)
 {
-	struct lb4_key key = { .address = addr, .dport = port, .proto = proto, .slot = slot };
+	struct lb4_key key = {
+		.address = addr, .dport = port, .proto = proto, .scope = LB_SCOPE_INT
+	};
+	struct lb4_service *in;
+
+	*scope = LB_SCOPE_EXT;
+	if (!(svc->flags & SVC_F_TWO_SCOPES))
+		return;
+	in = bpf_map_lookup_elem(&cilium_lb4_services_v1, &key);
+	if (!in)
+		return;
+	*svc = *in;
+	*scope = LB_SCOPE_INT;
+}
+
+/* Backend id of slot @slot (1-based) of the service @svc was found under. */
+static __always_inline __u32 lb4_slot_backend(__be32 addr, __be16 port, __u8 proto, __u8 scope,
+					      __u16 slot)
+{
+	struct lb4_key key = {
+		.address = addr, .dport = port, .proto = proto, .slot = slot, .scope = scope
+	};
 	struct lb4_service *s = bpf_map_lookup_elem(&cilium_lb4_services_v1, &key);
 
 	return s ? s->backend_id : 0;
@@ -354,13 +393,13 @@ static __always_inline void lb4_affinity_put(const struct lb4_service *svc, __u6
 }
 
 /*
- * Selects a backend of @svc (found under addr/port/proto): affinity first
- * (when enabled and the remembered backend still exists), else Maglev on
+ * Selects a backend of @svc (found under addr/port/proto/@scope): affinity
+ * first (when enabled and the remembered backend still exists), else Maglev on
  * @hash or a random slot. Returns the backend id (0: none) and copies the
  * backend into @out.
  */
 static __always_inline __u32 lb4_select_backend(const struct lb4_service *svc, __be32 addr,
-						__be16 port, __u8 proto, __u32 hash,
+						__be16 port, __u8 proto, __u8 scope, __u32 hash,
 						__u64 client, __u8 netns, int use_maglev,
 						struct lb4_backend *out)
 {
@@ -380,7 +419,7 @@ static __always_inline __u32 lb4_select_backend(const struct lb4_service *svc, _
 	if (!id) {
 		__u16 slot = (__u16)(bpf_get_prandom_u32() % count) + 1;
 
-		id = lb4_slot_backend(addr, port, proto, slot);
+		id = lb4_slot_backend(addr, port, proto, scope, slot);
 	}
 	if (!id)
 		return 0;

@@ -429,6 +429,14 @@ pub const SVC_F_SRC_RANGE: u8 = 8;
 /// `lb4_service.flags`, with [`SVC_F_SRC_RANGE`]: the ranges are the clients refused, every
 /// other client reaches the frontend (`service.cilium.io/src-ranges-policy: deny`).
 pub const SVC_F_SRC_RANGE_DENY: u8 = 16;
+/// `lb4_service.flags`: two backend sets (`externalTrafficPolicy: Local` with backends on
+/// other nodes): scope [`LB_SCOPE_EXT`] for outside clients, [`LB_SCOPE_INT`] for pods and
+/// host processes of this node.
+pub const SVC_F_TWO_SCOPES: u8 = 32;
+/// `lb4_key.scope`: the frontend's (only or outside clients') backend set.
+pub const LB_SCOPE_EXT: u8 = 0;
+/// `lb4_key.scope`: the backend set of clients on this node ([`SVC_F_TWO_SCOPES`]).
+pub const LB_SCOPE_INT: u8 = 1;
 /// `lb4_service.algorithm`: random slot.
 pub const LB_ALG_RANDOM: u8 = 0;
 /// `lb4_service.algorithm`: Maglev table lookup on the flow hash.
@@ -446,19 +454,27 @@ pub struct Lb4Key {
     pub slot: u16,
     /// IP protocol.
     pub proto: u8,
+    /// [`LB_SCOPE_EXT`] or [`LB_SCOPE_INT`].
+    pub scope: u8,
     /// Padding, keep 0.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
 }
 
 impl Lb4Key {
-    /// Key of `slot` of frontend `addr:port/proto` (port host order).
+    /// Key of `slot` of frontend `addr:port/proto` (port host order), scope external (the
+    /// only one of most frontends).
     pub fn new(addr: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
+        Self::scoped(addr, port, proto, slot, LB_SCOPE_EXT)
+    }
+    /// Key of `slot` of frontend `addr:port/proto` in `scope`.
+    pub fn scoped(addr: Ipv4Addr, port: u16, proto: u8, slot: u16, scope: u8) -> Self {
         Self {
             address: u32::from_ne_bytes(addr.octets()),
             dport: port.to_be(),
             slot,
             proto,
-            pad: [0; 3],
+            scope,
+            pad: [0; 2],
         }
     }
     /// Frontend address.
@@ -838,7 +854,11 @@ mod tests {
                 nat_aux
             ]
         );
-        same_layout!(Lb4Key, c::lb4_key, [address, dport, slot, proto, pad]);
+        same_layout!(
+            Lb4Key,
+            c::lb4_key,
+            [address, dport, slot, proto, scope, pad]
+        );
         same_layout!(
             Lb4Service,
             c::lb4_service,

@@ -10,7 +10,9 @@ use crate::output::{Format, Table, print_structured};
 /// Actions on the load-balancer maps.
 #[derive(Debug, Subcommand)]
 pub enum LbAction {
-    /// List frontends with their backend slots.
+    /// List frontends with their backend slots. A frontend flagged `two-scopes`
+    /// (externalTrafficPolicy Local with backends elsewhere) also lists the slots this node's
+    /// own clients use, as `i1`, `i2`, ...
     ///
     /// Example: `ciliumctl bpf lb list --backends`
     List {
@@ -47,15 +49,22 @@ pub async fn run_lb(client: &Client, format: Format, action: LbAction) -> anyhow
             format!("{} backends", s.count),
             details.join(","),
         ]);
-        for slot in &s.slots {
-            t.row([
-                String::new(),
-                String::new(),
-                String::new(),
-                slot.slot.to_string(),
-                format!("{} (id {})", slot.backend, slot.backend_id),
-                String::new(),
-            ]);
+        // Internal-scope slots (two-scopes: what clients on this node use) as `i1`, `i2`...
+        let scopes = [
+            ("", "", &s.slots),
+            ("i", "from this node", &s.internal_slots),
+        ];
+        for (prefix, note, slots) in scopes {
+            for slot in slots {
+                t.row([
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    format!("{prefix}{}", slot.slot),
+                    format!("{} (id {})", slot.backend, slot.backend_id),
+                    note.to_string(),
+                ]);
+            }
         }
     }
     print!("{}", t.render());

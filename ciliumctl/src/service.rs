@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use cilium_api::Client;
-use cilium_api::models::{FrontendInfo, ServiceInfo};
+use cilium_api::models::{FrontendBackendInfo, FrontendInfo, ServiceInfo};
 use clap::Subcommand;
 
 use crate::output::{Format, Table, print_structured};
@@ -12,6 +12,8 @@ use crate::output::{Format, Table, print_structured};
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
     /// List service frontends: id, frontend, type, backends (address:port state), affinity.
+    /// With externalTrafficPolicy Local, the backends of the node's own clients follow
+    /// `from this node:` when they differ.
     ///
     /// Example: `ciliumctl service list` or `ciliumctl service list -o json`
     List,
@@ -30,15 +32,26 @@ pub async fn run(client: &Client, format: Format, cmd: ServiceCmd) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-fn backends(f: &FrontendInfo) -> String {
-    if f.backends.is_empty() {
+fn backend_list(set: &[FrontendBackendInfo]) -> String {
+    if set.is_empty() {
         return "(none: refused)".to_string();
     }
-    f.backends
-        .iter()
+    set.iter()
         .map(|b| format!("{}:{} ({})", b.address, b.port, b.state))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The BACKENDS cell: the selection, and what clients on this node get when it differs.
+fn backends(f: &FrontendInfo) -> String {
+    match &f.internal_backends {
+        Some(int) => format!(
+            "{}; from this node: {}",
+            backend_list(&f.backends),
+            backend_list(int)
+        ),
+        None => backend_list(&f.backends),
+    }
 }
 
 /// The service table: one row per frontend (ID, FRONTEND, TYPE, BACKENDS, AFFINITY,
@@ -87,7 +100,6 @@ pub fn table(services: &[ServiceInfo]) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cilium_api::models::FrontendBackendInfo;
 
     #[test]
     fn table_lists_frontends_backends_and_errors() {
@@ -133,5 +145,29 @@ mod tests {
             out.contains("error: already used by service default/web"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn the_nodes_own_backends_follow_when_they_differ() {
+        let be = |a: &str| FrontendBackendInfo {
+            id: 1,
+            address: a.into(),
+            port: 8080,
+            state: "active".into(),
+        };
+        let f = FrontendInfo {
+            backends: Vec::new(),
+            internal_backends: Some(vec![be("10.201.0.5")]),
+            ..Default::default()
+        };
+        assert_eq!(
+            backends(&f),
+            "(none: refused); from this node: 10.201.0.5:8080 (active)"
+        );
+        let f = FrontendInfo {
+            backends: vec![be("10.200.0.5")],
+            ..Default::default()
+        };
+        assert_eq!(backends(&f), "10.200.0.5:8080 (active)");
     }
 }

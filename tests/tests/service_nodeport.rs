@@ -4,9 +4,9 @@
 //!
 //! Also loadBalancerSourceRanges on a LoadBalancer ingress IP, and healthCheckNodePort.
 //!
-//! Pod ranges 10.235.0.0/24, 10.236.0.0/24, 10.242.0.0/24, 10.244.0.0/24 and 10.244.2.0/24;
-//! outside links 10.235.200.0/24, 10.236.200.0/24, 10.242.200.0/24, 10.242.201.0/24,
-//! 10.244.200.0/24 and 10.244.201.0/24.
+//! Pod ranges 10.235.0.0/24, 10.236.0.0/24, 10.242.0.0/24, 10.244.0.0/24, 10.244.2.0/24 and
+//! 10.245.0.0/24; outside links 10.235.200.0/24, 10.236.200.0/24, 10.242.200.0/24,
+//! 10.242.201.0/24, 10.244.200.0/24, 10.244.201.0/24, 10.245.200.0/24 and 10.245.201.0/24.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -219,6 +219,133 @@ fn external_traffic_policy_local_keeps_nodeport_on_local_backends() {
     assert!(
         kinds.iter().any(|k| k.ends_with("NodePort")),
         "no NodePort frontend listed: {kinds:?}"
+    );
+}
+
+/// `externalTrafficPolicy: Local` leaves the node's own clients alone (kube-proxy sends pods
+/// and host processes that reach an external frontend to every endpoint): outside clients of
+/// the NodePort and LoadBalancer frontends get only the local backend, a pod and a host
+/// process get the backend on "another node" (an outside namespace) too, and still reach the
+/// service once this node has no backend of it while outside clients are refused.
+#[test]
+fn external_traffic_policy_local_sends_the_nodes_own_clients_to_every_backend() {
+    let Some(cg) =
+        require_lb("external_traffic_policy_local_sends_the_nodes_own_clients_to_every_backend")
+    else {
+        return;
+    };
+    let out = Outside::new(Ipv4Addr::new(10, 245, 200, 0));
+    let far = Outside::new(Ipv4Addr::new(10, 245, 201, 0));
+    let _fwd = enable_forwarding();
+    let node = "e2e-etp2";
+    let agent = nodeport_agent(&cg, "10.245.0.0/24", "10.245.1.0/24", node, &out.host_if);
+    let local = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=local");
+    let client = Pod::add(&agent, "K8S_POD_NAMESPACE=default;K8S_POD_NAME=client");
+    let _s = serve(&local, "local", &[8080], &[]);
+    let _far = serve_in(Some(&far.netns), "far", &[8080], &[]);
+    let vip = Ipv4Addr::new(10, 245, 1, 10);
+    let lb_ip = Ipv4Addr::new(10, 245, 100, 10);
+    let ports = [SvcPort::tcp("http", 80, 8080).node_port(31247)];
+    let svc = |policy: &str| {
+        format!(
+            "{}status:\n  loadBalancer:\n    ingress:\n    - ip: {lb_ip}\n",
+            service_yaml(
+                NS,
+                "etp2",
+                vip,
+                &ports,
+                &format!("  type: LoadBalancer\n  externalTrafficPolicy: {policy}\n")
+            )
+        )
+    };
+    let slice = |e: &[SliceEp]| slice_yaml(NS, "etp2", "etp2-1", e, &ports);
+    let both = [
+        SliceEp::ready(local.ip, node),
+        SliceEp::ready(far.peer_ip, "other-node"),
+    ];
+    apply(&agent, &format!("{}{}", svc("Local"), slice(&both)));
+    let np = format!("{}:31247", out.host_ip);
+    let lb = format!("{lb_ip}:80");
+    let everyone = eps(&[local.ip, far.peer_ip], 8080);
+    for fe in [&np, &lb] {
+        wait_programmed(&agent, &format!("{fe}/tcp"), &eps(&[local.ip], 8080));
+        let (flags, _) = lb_entry(&agent, fe);
+        assert!(
+            flags.iter().any(|f| f == "two-scopes") && lb_internal_slots(&agent, fe) == everyone,
+            "{fe}: the maps must hold a second, cluster-wide backend set for this node's \
+             clients: flags {flags:?}, internal slots {:?}\n{}",
+            lb_internal_slots(&agent, fe),
+            dump(&agent)
+        );
+    }
+    // The ClusterIP frontend has one set (internal traffic policy Cluster).
+    let (flags, _) = lb_entry(&agent, &format!("{vip}:80"));
+    assert!(!flags.iter().any(|f| f == "two-scopes"), "{flags:?}");
+
+    // Outside clients: the local backend only, for both frontends.
+    for fe in [&np, &lb] {
+        let first = outside_until_ok(&out, fe);
+        assert_eq!(
+            first.token(),
+            Some("local"),
+            "{fe}: {first:?}\n{}",
+            dump(&agent)
+        );
+        let got: BTreeSet<String> = tokens(&out.tcp(fe, 12, 2000)).into_iter().collect();
+        assert_eq!(
+            got,
+            BTreeSet::from(["local".to_string()]),
+            "outside clients of {fe} must only reach the local backend\n{}",
+            dump(&agent)
+        );
+    }
+    // The node's own clients: both backends. A pod (per-packet at its veth) and a host
+    // process (socket layer); 24 connections each miss one of two backends with
+    // probability 2^-23.
+    let pod = Client::pod_out(&client);
+    let host = Client::host_in(&cg);
+    for (who, c) in [("a pod", &pod), ("a host process", &host)] {
+        for fe in [&np, &lb] {
+            let r = c.tcp(fe, 24, 2000);
+            let got: BTreeSet<String> = tokens(&r).into_iter().collect();
+            assert_eq!(
+                got,
+                BTreeSet::from(["far".to_string(), "local".to_string()]),
+                "{who} on this node must reach every backend of {fe} (externalTrafficPolicy \
+                 Local concerns outside clients only): {r:?}\n{}",
+                dump(&agent)
+            );
+        }
+    }
+
+    // No backend on this node: outside clients are refused at once, the node's own
+    // clients still reach the service.
+    apply(&agent, &slice(&both[1..]));
+    wait_programmed(&agent, &format!("{np}/tcp"), &[]);
+    let r = out.tcp(&np, 2, 1000);
+    assert!(
+        !r.is_empty() && r.iter().all(|x| matches!(x, Reply::Err(_))),
+        "without a local backend, outside clients of {np} must be refused: {r:?}\n{}",
+        dump(&agent)
+    );
+    for (who, c) in [("a pod", &pod), ("a host process", &host)] {
+        let got = tokens(&c.tcp(&np, 4, 2000));
+        assert_eq!(
+            got,
+            ["far"; 4],
+            "{who} on this node must still reach {np} through the backend elsewhere\n{}",
+            dump(&agent)
+        );
+    }
+
+    // Cluster again: one set, and the internal scope is gone from the maps.
+    apply(&agent, &format!("{}{}", svc("Cluster"), slice(&both)));
+    wait_programmed(&agent, &format!("{np}/tcp"), &everyone);
+    let (flags, _) = lb_entry(&agent, &np);
+    assert!(
+        !flags.iter().any(|f| f == "two-scopes") && lb_internal_slots(&agent, &np).is_empty(),
+        "{np} must have one backend set again: {flags:?}\n{}",
+        dump(&agent)
     );
 }
 
@@ -460,6 +587,21 @@ fn lb_entry(agent: &cilium_e2e::Agent, frontend: &str) -> (Vec<String>, Vec<Stri
         .and_then(|a| a.iter().find(|s| s["frontend"] == frontend))
         .map(|s| (strings(&s["flags"]), strings(&s["source_ranges"])))
         .unwrap_or_default()
+}
+
+/// The internal-scope slots (`addr:port`, sorted) of `frontend` in `bpf lb list`.
+fn lb_internal_slots(agent: &cilium_e2e::Agent, frontend: &str) -> Vec<String> {
+    let v = agent.ctl_json(&["bpf", "lb", "list"]);
+    let mut slots: Vec<String> = v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["frontend"] == frontend))
+        .and_then(|s| s["internal_slots"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["backend"].as_str().map(String::from))
+        .collect();
+    slots.sort();
+    slots
 }
 
 /// loadBalancerSourceRanges: the LoadBalancer ingress IP admits only the listed clients,

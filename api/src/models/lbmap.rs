@@ -32,7 +32,8 @@ pub struct BpfLbService {
     #[serde(default)]
     pub maglev_table_size: u32,
     /// Header flags: `affinity`, `no-backends`, `external`, `source-range`,
-    /// `source-range-deny` (the ranges are the clients refused).
+    /// `source-range-deny` (the ranges are the clients refused), `two-scopes` (clients on
+    /// this node use `internal_slots`).
     pub flags: Vec<String>,
     /// ClientIP affinity timeout (s), 0 = none.
     pub affinity_timeout_secs: u32,
@@ -40,8 +41,12 @@ pub struct BpfLbService {
     /// ones admitted, or with `source-range-deny` the ones refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_ranges: Vec<String>,
-    /// Backend slots in order.
+    /// Backend slots in order (with `two-scopes`: those of outside clients).
     pub slots: Vec<BpfLbSlot>,
+    /// With `two-scopes`: the backend slots of the internal scope, which pods and host
+    /// processes of this node use (`externalTrafficPolicy: Local` with backends elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal_slots: Vec<BpfLbSlot>,
 }
 
 /// A backend of `cilium_lb4_backends_v1`.

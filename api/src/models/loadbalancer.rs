@@ -35,6 +35,12 @@ pub struct FrontendInfo {
     /// The backends new connections go to (empty: connections are refused).
     #[serde(default)]
     pub backends: Vec<FrontendBackendInfo>,
+    /// What pods and host processes of this node get instead of `backends`, when it
+    /// differs: every usable backend of a NodePort, ExternalIP or LoadBalancer frontend of
+    /// an `externalTrafficPolicy: Local` service (`backends` are then the local ones, for
+    /// outside clients). Absent: `backends` serve every client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_backends: Option<Vec<FrontendBackendInfo>>,
     /// Client prefixes allowed to reach it (`loadBalancerSourceRanges`, LoadBalancer
     /// frontends); empty = every client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

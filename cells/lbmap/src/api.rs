@@ -13,8 +13,9 @@ use cilium_api::models::{
     BpfSnatEntry,
 };
 use cilium_bpf::types::{
-    CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL, SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE, SVC_F_SRC_RANGE_DENY,
+    CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, LB_SCOPE_INT,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE, SVC_F_SRC_RANGE_DENY,
+    SVC_F_TWO_SCOPES,
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, SNAT_DIR_OUT};
 use serde::Deserialize;
@@ -59,19 +60,36 @@ pub fn decode_services(
     backends: &BTreeMap<u32, Lb4Backend>,
     ranges: &[(u16, Ipv4Addr, u8)],
 ) -> Vec<BpfLbService> {
-    type Decoded = (Option<Lb4Service>, BTreeMap<u16, u32>);
-    let mut by_fe: BTreeMap<(Ipv4Addr, u16, u8), Decoded> = BTreeMap::new();
+    /// One scope of a frontend: header and slots.
+    type Scope = (Option<Lb4Service>, BTreeMap<u16, u32>);
+    let mut by_fe: BTreeMap<(Ipv4Addr, u16, u8), [Scope; 2]> = BTreeMap::new();
     for (k, v) in entries {
-        let e = by_fe.entry((k.addr(), k.port(), k.proto)).or_default();
+        let scopes = by_fe.entry((k.addr(), k.port(), k.proto)).or_default();
+        let e = &mut scopes[usize::from(k.scope == LB_SCOPE_INT)];
         if k.slot == 0 {
             e.0 = Some(*v);
         } else {
             e.1.insert(k.slot, v.backend_id);
         }
     }
+    // The slots a header names (surplus ones are hidden), decoded.
+    let decode_slots = |h: &Lb4Service, slots: BTreeMap<u16, u32>| -> Vec<BpfLbSlot> {
+        slots
+            .into_iter()
+            .filter(|(s, _)| *s <= h.count)
+            .map(|(slot, id)| BpfLbSlot {
+                slot,
+                backend_id: id,
+                backend: backends
+                    .get(&id)
+                    .map(|b| ep(b.addr(), b.port_host()))
+                    .unwrap_or_default(),
+            })
+            .collect()
+    };
     by_fe
         .into_iter()
-        .filter_map(|((addr, port, proto), (h, slots))| {
+        .filter_map(|((addr, port, proto), [(h, slots), (ih, islots)])| {
             let h = h?;
             let mut flags = Vec::new();
             if h.flags & SVC_F_AFFINITY != 0 {
@@ -95,6 +113,13 @@ pub fn decode_services(
                     .map(|(_, a, l)| format!("{a}/{l}"))
                     .collect();
             }
+            let mut internal_slots = Vec::new();
+            if h.flags & SVC_F_TWO_SCOPES != 0 {
+                flags.push("two-scopes".to_string());
+                if let Some(ih) = ih {
+                    internal_slots = decode_slots(&ih, islots);
+                }
+            }
             let maglev = h.algorithm == LB_ALG_MAGLEV;
             Some(BpfLbService {
                 frontend: ep(addr, port),
@@ -106,18 +131,8 @@ pub fn decode_services(
                 flags,
                 affinity_timeout_secs: h.affinity_timeout,
                 source_ranges,
-                slots: slots
-                    .into_iter()
-                    .filter(|(s, _)| *s <= h.count)
-                    .map(|(slot, id)| BpfLbSlot {
-                        slot,
-                        backend_id: id,
-                        backend: backends
-                            .get(&id)
-                            .map(|b| ep(b.addr(), b.port_host()))
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
+                slots: decode_slots(&h, slots),
+                internal_slots,
             })
         })
         .collect()
@@ -291,5 +306,51 @@ mod tests {
         assert_eq!(s[0].flags, vec!["affinity"]);
         assert_eq!(s[0].slots.len(), 1);
         assert_eq!(s[0].slots[0].backend, "10.200.0.5:8080");
+    }
+
+    #[test]
+    fn two_scopes_decode_into_one_frontend_with_internal_slots() {
+        let fe = Ipv4Addr::new(192, 0, 2, 1);
+        let slot = |scope, slot, id| {
+            (
+                Lb4Key::scoped(fe, 30080, 6, slot, scope),
+                Lb4Service {
+                    backend_id: id,
+                    rev_nat_id: 9,
+                    ..Default::default()
+                },
+            )
+        };
+        let header = |scope, count, flags| {
+            (
+                Lb4Key::scoped(fe, 30080, 6, 0, scope),
+                Lb4Service {
+                    count,
+                    rev_nat_id: 9,
+                    flags,
+                    ..Default::default()
+                },
+            )
+        };
+        let entries = vec![
+            header(0, 1, SVC_F_EXTERNAL | SVC_F_TWO_SCOPES),
+            slot(0, 1, 3),
+            header(LB_SCOPE_INT, 2, SVC_F_EXTERNAL),
+            slot(LB_SCOPE_INT, 1, 3),
+            slot(LB_SCOPE_INT, 2, 4),
+        ];
+        let backends = BTreeMap::from([
+            (3, Lb4Backend::new(Ipv4Addr::new(10, 200, 0, 5), 8080, 6, 0)),
+            (4, Lb4Backend::new(Ipv4Addr::new(10, 201, 0, 6), 8080, 6, 0)),
+        ]);
+        let s = decode_services(&entries, &backends, &[]);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].flags, vec!["external", "two-scopes"]);
+        let names = |v: &[BpfLbSlot]| v.iter().map(|x| x.backend.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&s[0].slots), ["10.200.0.5:8080"]);
+        assert_eq!(
+            names(&s[0].internal_slots),
+            ["10.200.0.5:8080", "10.201.0.6:8080"]
+        );
     }
 }

@@ -61,6 +61,17 @@ impl Default for LbMapFlags {
     }
 }
 
+fn backend_descs(set: &[cilium_loadbalancer::FrontendBackend]) -> Vec<BackendDesc> {
+    set.iter()
+        .map(|b| BackendDesc {
+            id: b.id,
+            address: b.address,
+            port: b.port,
+            terminating: b.state == cilium_loadbalancer::BackendState::Terminating,
+        })
+        .collect()
+}
+
 impl FrontendSource for Frontend {
     fn desc(&self) -> FrontendDesc {
         FrontendDesc {
@@ -71,16 +82,7 @@ impl FrontendSource for Frontend {
             kind: self.kind.as_str().to_string(),
             service: format!("{}/{}", self.service.namespace, self.service.name),
             service_id: self.service_id,
-            backends: self
-                .backends
-                .iter()
-                .map(|b| BackendDesc {
-                    id: b.id,
-                    address: b.address,
-                    port: b.port,
-                    terminating: b.state == cilium_loadbalancer::BackendState::Terminating,
-                })
-                .collect(),
+            backends: backend_descs(&self.backends),
             affinity_timeout_secs: self.affinity_timeout_secs,
             source_ranges: self
                 .source_ranges
@@ -88,6 +90,7 @@ impl FrontendSource for Frontend {
                 .map(|n| (n.network(), n.prefix_len()))
                 .collect(),
             source_ranges_deny: self.source_ranges_deny,
+            internal: self.internal_backends.as_deref().map(backend_descs),
         }
     }
 }

@@ -6,14 +6,18 @@
 //! 2. backend slots `1..=n`,
 //! 3. the Maglev table (a new inner map swapped in at once),
 //! 4. reverse NAT (service id → frontend), and the `loadBalancerSourceRanges` prefixes the
-//!    frontend gains,
-//! 5. the slot-0 header with the new count (the switch-over),
-//! 6. surplus slots `n+1..=old n` trimmed, and the source ranges it lost deleted,
+//!    frontend gains; then, for a frontend with two scopes (`externalTrafficPolicy: Local`
+//!    with backends elsewhere), the header of its internal scope (clients on this node),
+//!    whose slots were written in step 2,
+//! 5. the slot-0 header with the new count (the switch-over; flagged two-scopes when there
+//!    is an internal scope),
+//! 6. surplus slots `n+1..=old n` trimmed (in each scope), an internal scope the frontend
+//!    no longer has deleted (header, then slots), and the source ranges it lost deleted,
 //! 7. state of backends that left the frontend flushed (UDP conntrack, affinity,
 //!    unconnected-socket choices) so their flows move, and backends no frontend uses
 //!    deleted.
 //!
-//! Deleting a frontend removes the header first, then its slots, Maglev table, reverse
+//! Deleting a frontend removes the headers first, then its slots, Maglev table, reverse
 //! NAT, source ranges and orphaned backends. The operations keep a shadow of what they
 //! wrote, loaded from the maps on first use (restart) and dropped on error.
 
@@ -23,8 +27,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cilium_bpf::types::{
-    CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, LB_ALG_RANDOM, SVC_F_AFFINITY, SVC_F_EXTERNAL,
-    SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE, SVC_F_SRC_RANGE_DENY,
+    CT_F_SERVICE, CT_KEY_F_SERVICE, LB_ALG_MAGLEV, LB_ALG_RANDOM, LB_SCOPE_EXT, LB_SCOPE_INT,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_NO_BACKENDS, SVC_F_SRC_RANGE, SVC_F_SRC_RANGE_DENY,
+    SVC_F_TWO_SCOPES,
 };
 use cilium_bpf::{Datapath, Lb4Backend, Lb4Key, Lb4RevNat, Lb4RevNatKey, Lb4Service};
 use parking_lot::Mutex;
@@ -84,6 +89,10 @@ pub struct FrontendDesc {
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
     /// `service.cilium.io/src-ranges-policy: deny`: the ranges are the clients refused.
     pub source_ranges_deny: bool,
+    /// A second backend set for clients on this node (pods, host processes), written under
+    /// the internal scope: an external frontend of an `externalTrafficPolicy: Local`
+    /// service whose backends are not all local. None: one set for every client.
+    pub internal: Option<Vec<BackendDesc>>,
 }
 
 /// A `loadBalancerSourceRanges` entry of the maps: service id, client prefix, length.
@@ -295,9 +304,20 @@ struct Written {
     addrs: BTreeMap<u32, Lb4Backend>,
     /// Source ranges written under `service_id`.
     ranges: BTreeSet<(Ipv4Addr, u8)>,
+    /// Backend ids of the internal scope's slots, in slot order; None when the frontend
+    /// has no internal scope in the maps.
+    internal: Option<Vec<u32>>,
 }
 
 impl Written {
+    /// Every backend id it uses (both scopes).
+    fn all_backends(&self) -> impl Iterator<Item = u32> + '_ {
+        self.backends
+            .iter()
+            .chain(self.internal.iter().flatten())
+            .copied()
+    }
+
     /// Its source ranges as map entries under service id `id`.
     fn range_entries(&self, id: u16) -> Vec<SrcRange> {
         self.ranges.iter().map(|&(a, l)| (id, a, l)).collect()
@@ -354,6 +374,20 @@ fn backend_value(b: &BackendDesc, proto: u8) -> Lb4Backend {
     Lb4Backend::new(b.address, b.port, proto, u8::from(b.terminating))
 }
 
+/// Number of slots a set of backends fills (at most `u16::MAX`).
+fn slot_count<T>(set: &[T]) -> u16 {
+    u16::try_from(set.len()).unwrap_or(u16::MAX)
+}
+
+/// Keys of slots `from..=to` of frontend `k` in `scope` (slot 0: the header); none when
+/// `from > to`.
+fn scope_slots(k: &FrontendKey, scope: u8, from: u32, to: u16) -> Vec<Lb4Key> {
+    (from..=u32::from(to))
+        .filter_map(|s| u16::try_from(s).ok())
+        .map(|s| Lb4Key::scoped(k.0, k.1, k.2, s, scope))
+        .collect()
+}
+
 impl<B: LbBackend> LbMapOps<B> {
     /// Operations writing into `backend` with the given algorithm and Maglev size.
     pub fn new(backend: B, algorithm: Algorithm, maglev_size: u32) -> Self {
@@ -377,14 +411,26 @@ impl<B: LbBackend> LbMapOps<B> {
             .backend
             .dump_services()
             .map_err(map_err("listing services for", &none))?;
-        let mut headers: HashMap<FrontendKey, Lb4Service> = HashMap::new();
-        let mut slots: HashMap<FrontendKey, BTreeMap<u16, u32>> = HashMap::new();
+        /// What the maps hold for one frontend: the header and slots of each scope.
+        #[derive(Default)]
+        struct Found {
+            header: Option<Lb4Service>,
+            slots: BTreeMap<u16, u32>,
+            internal_header: Option<Lb4Service>,
+            internal_slots: BTreeMap<u16, u32>,
+        }
+        let mut found: HashMap<FrontendKey, Found> = HashMap::new();
         for (k, v) in entries {
-            let key = (k.addr(), k.port(), k.proto);
-            if k.slot == 0 {
-                headers.insert(key, v);
-            } else {
-                slots.entry(key).or_default().insert(k.slot, v.backend_id);
+            let f = found.entry((k.addr(), k.port(), k.proto)).or_default();
+            match (k.scope == LB_SCOPE_INT, k.slot) {
+                (false, 0) => f.header = Some(v),
+                (false, slot) => {
+                    f.slots.insert(slot, v.backend_id);
+                }
+                (true, 0) => f.internal_header = Some(v),
+                (true, slot) => {
+                    f.internal_slots.insert(slot, v.backend_id);
+                }
             }
         }
         let mut ranges: HashMap<u16, BTreeSet<(Ipv4Addr, u8)>> = HashMap::new();
@@ -395,30 +441,27 @@ impl<B: LbBackend> LbMapOps<B> {
         {
             ranges.entry(id).or_default().insert((a, l));
         }
-        let mut out = HashMap::new();
-        for (key, s) in &slots {
-            let h = headers.get(key);
-            // Slots beyond the header's count (or without a header) are surplus: keep
-            // them in the shadow so the next write trims them.
-            out.insert(
-                *key,
-                Written {
-                    service_id: h.map_or(0, |h| h.rev_nat_id),
-                    backends: s.values().copied().collect(),
+        // Slots beyond a header's count (or without a header) are surplus: kept in the
+        // shadow so the next write trims them (or the prune deletes them).
+        let out = found
+            .into_iter()
+            .map(|(key, f)| {
+                let service_id = f.header.or(f.internal_header).map_or(0, |h| h.rev_nat_id);
+                let internal = (f.internal_header.is_some() || !f.internal_slots.is_empty())
+                    .then(|| f.internal_slots.into_values().collect());
+                let written = Written {
+                    service_id,
+                    backends: f.slots.into_values().collect(),
                     addrs: BTreeMap::new(),
-                    ranges: h
+                    ranges: f
+                        .header
                         .and_then(|h| ranges.get(&h.rev_nat_id).cloned())
                         .unwrap_or_default(),
-                },
-            );
-        }
-        for (key, h) in headers {
-            out.entry(key).or_insert(Written {
-                service_id: h.rev_nat_id,
-                ranges: ranges.get(&h.rev_nat_id).cloned().unwrap_or_default(),
-                ..Default::default()
-            });
-        }
+                    internal,
+                };
+                (key, written)
+            })
+            .collect();
         Ok(out)
     }
 
@@ -444,8 +487,11 @@ impl<B: LbBackend> LbMapOps<B> {
         res
     }
 
-    fn header(&self, d: &FrontendDesc, n: u16) -> Lb4Service {
-        let maglev = self.algorithm == Algorithm::Maglev && n > 0;
+    /// The slot-0 header of `d` with `n` slots in `scope`. The internal scope always picks
+    /// randomly (Maglev's consistency across nodes matters only to outside clients) and is
+    /// never flagged two-scopes.
+    fn header(&self, d: &FrontendDesc, n: u16, scope: u8) -> Lb4Service {
+        let maglev = self.algorithm == Algorithm::Maglev && n > 0 && scope == LB_SCOPE_EXT;
         let mut flags = 0;
         if d.affinity_timeout_secs > 0 {
             flags |= SVC_F_AFFINITY;
@@ -462,6 +508,9 @@ impl<B: LbBackend> LbMapOps<B> {
                 flags |= SVC_F_SRC_RANGE_DENY;
             }
         }
+        if d.internal.is_some() && scope == LB_SCOPE_EXT {
+            flags |= SVC_F_TWO_SCOPES;
+        }
         Lb4Service {
             backend_id: if maglev { self.maglev_size } else { 0 },
             affinity_timeout: d.affinity_timeout_secs,
@@ -475,10 +524,7 @@ impl<B: LbBackend> LbMapOps<B> {
 
     /// Backend ids used by any frontend in `shadow`.
     fn referenced(shadow: &HashMap<FrontendKey, Written>) -> BTreeSet<u32> {
-        shadow
-            .values()
-            .flat_map(|w| w.backends.iter().copied())
-            .collect()
+        shadow.values().flat_map(Written::all_backends).collect()
     }
 
     /// Writes one frontend (see the module docs for the order).
@@ -503,26 +549,39 @@ impl<B: LbBackend> LbMapOps<B> {
             let mut revnats: Vec<(u16, Lb4RevNat)> = Vec::with_capacity(ds.len());
             let mut ranges: Vec<SrcRange> = Vec::new();
             let mut headers: Vec<(Lb4Key, Lb4Service)> = Vec::with_capacity(ds.len());
+            let mut internal_headers: Vec<(Lb4Key, Lb4Service)> = Vec::new();
             let mut counts = Vec::with_capacity(ds.len());
             for d in ds {
-                let n = u16::try_from(d.backends.len()).unwrap_or(u16::MAX);
-                for (b, slot) in d.backends.iter().take(usize::from(n)).zip(1u16..) {
-                    backends.push((b.id, backend_value(b, d.proto)));
-                    slots.push((
-                        Lb4Key::new(d.address, d.port, d.proto, slot),
-                        Lb4Service {
-                            backend_id: b.id,
-                            rev_nat_id: d.service_id,
-                            ..Default::default()
-                        },
-                    ));
+                let n = slot_count(&d.backends);
+                let scopes = std::iter::once((LB_SCOPE_EXT, &d.backends, n)).chain(
+                    d.internal
+                        .as_ref()
+                        .map(|int| (LB_SCOPE_INT, int, slot_count(int))),
+                );
+                for (scope, set, count) in scopes {
+                    for (b, slot) in set.iter().take(usize::from(count)).zip(1u16..) {
+                        backends.push((b.id, backend_value(b, d.proto)));
+                        slots.push((
+                            Lb4Key::scoped(d.address, d.port, d.proto, slot, scope),
+                            Lb4Service {
+                                backend_id: b.id,
+                                rev_nat_id: d.service_id,
+                                ..Default::default()
+                            },
+                        ));
+                    }
+                    let header = (
+                        Lb4Key::scoped(d.address, d.port, d.proto, 0, scope),
+                        self.header(d, count, scope),
+                    );
+                    if scope == LB_SCOPE_EXT {
+                        headers.push(header);
+                    } else {
+                        internal_headers.push(header);
+                    }
                 }
                 revnats.push((d.service_id, Lb4RevNat::new(d.address, d.port)));
                 ranges.extend(d.source_ranges.iter().map(|&(a, l)| (d.service_id, a, l)));
-                headers.push((
-                    Lb4Key::new(d.address, d.port, d.proto, 0),
-                    self.header(d, n),
-                ));
                 counts.push(n);
             }
             // 1. backends
@@ -560,6 +619,11 @@ impl<B: LbBackend> LbMapOps<B> {
             self.backend
                 .write_src_ranges(&ranges)
                 .map_err(map_err("writing source ranges of", &first))?;
+            if !internal_headers.is_empty() {
+                self.backend
+                    .write_services(&internal_headers)
+                    .map_err(map_err("writing the internal-scope header of", &first))?;
+            }
             // 5. headers: the switch-over
             self.backend
                 .write_services(&headers)
@@ -581,12 +645,31 @@ impl<B: LbBackend> LbMapOps<B> {
     ) -> Result<(), Error> {
         let key = d.key();
         let cur = shadow.remove(&key).unwrap_or_default();
-        // 6. trim surplus slots
-        let old_n = u16::try_from(cur.backends.len()).unwrap_or(u16::MAX);
-        if old_n > n {
-            let surplus: Vec<Lb4Key> = (n + 1..=old_n)
-                .map(|s| Lb4Key::new(d.address, d.port, d.proto, s))
-                .collect();
+        // 6. trim surplus slots; an internal scope no longer wanted goes, header first
+        let mut surplus = scope_slots(
+            &key,
+            LB_SCOPE_EXT,
+            u32::from(n) + 1,
+            slot_count(&cur.backends),
+        );
+        if let Some(old) = &cur.internal {
+            let old_m = slot_count(old);
+            match &d.internal {
+                Some(int) => surplus.extend(scope_slots(
+                    &key,
+                    LB_SCOPE_INT,
+                    u32::from(slot_count(int)) + 1,
+                    old_m,
+                )),
+                None => {
+                    self.backend
+                        .delete_services(&scope_slots(&key, LB_SCOPE_INT, 0, 0))
+                        .map_err(map_err("deleting the internal-scope header of", &key))?;
+                    surplus.extend(scope_slots(&key, LB_SCOPE_INT, 1, old_m));
+                }
+            }
+        }
+        if !surplus.is_empty() {
             self.backend
                 .delete_services(&surplus)
                 .map_err(map_err("trimming slots of", &key))?;
@@ -610,36 +693,42 @@ impl<B: LbBackend> LbMapOps<B> {
                 .remove_maglev(cur.service_id)
                 .map_err(map_err("removing the old Maglev table of", &key))?;
         }
-        // 7. flush flows of removed backends, delete orphans
-        let backends: Vec<(u32, Lb4Backend)> = d
-            .backends
-            .iter()
-            .take(usize::from(n))
-            .map(|b| (b.id, backend_value(b, d.proto)))
-            .collect();
-        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
-        let new_ids: BTreeSet<u32> = ids.iter().copied().collect();
+        // 7. flush flows of removed backends (in neither scope now), delete orphans
+        let used = |set: &[BackendDesc]| -> Vec<u32> {
+            set.iter()
+                .take(usize::from(slot_count(set)))
+                .map(|b| b.id)
+                .collect()
+        };
+        let written = Written {
+            service_id: d.service_id,
+            backends: used(&d.backends),
+            // Old addresses stay (removed backends are flushed by them); new ones win.
+            addrs: cur
+                .addrs
+                .iter()
+                .map(|(id, v)| (*id, *v))
+                .chain(
+                    d.backends
+                        .iter()
+                        .chain(d.internal.iter().flatten())
+                        .map(|b| (b.id, backend_value(b, d.proto))),
+                )
+                .collect(),
+            ranges: new_ranges,
+            internal: d.internal.as_deref().map(used),
+        };
+        let new_ids: BTreeSet<u32> = written.all_backends().collect();
         let removed: Vec<u32> = cur
-            .backends
-            .iter()
-            .copied()
+            .all_backends()
             .filter(|id| !new_ids.contains(id))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
             .collect();
-        let mut addrs: BTreeMap<u32, Lb4Backend> = backends.into_iter().collect();
-        for (id, v) in &cur.addrs {
-            addrs.entry(*id).or_insert(*v);
-        }
-        shadow.insert(
-            key,
-            Written {
-                service_id: d.service_id,
-                backends: ids,
-                addrs: addrs.clone(),
-                ranges: new_ranges,
-            },
-        );
+        shadow.insert(key, written);
         self.forget_backends(shadow, &key, cur.service_id, &removed, &cur.addrs)?;
-        tracing::debug!(frontend = %fe_name(&key), service = %d.service, backends = n, removed = removed.len(), "frontend written");
+        tracing::debug!(frontend = %fe_name(&key), service = %d.service, backends = n,
+            internal = ?d.internal.as_ref().map(Vec::len), removed = removed.len(), "frontend written");
         Ok(())
     }
 
@@ -761,12 +850,15 @@ impl<B: LbBackend> LbMapOps<B> {
         cur: &Written,
         service_id: u16,
     ) -> Result<(), Error> {
-        let (addr, port, proto) = *key;
+        let mut headers = scope_slots(key, LB_SCOPE_EXT, 0, 0);
+        let mut slots = scope_slots(key, LB_SCOPE_EXT, 1, slot_count(&cur.backends));
+        if let Some(int) = &cur.internal {
+            headers.extend(scope_slots(key, LB_SCOPE_INT, 0, 0));
+            slots.extend(scope_slots(key, LB_SCOPE_INT, 1, slot_count(int)));
+        }
         self.backend
-            .delete_services(&[Lb4Key::new(addr, port, proto, 0)])
+            .delete_services(&headers)
             .map_err(map_err("deleting the header of", key))?;
-        let n = u16::try_from(cur.backends.len()).unwrap_or(u16::MAX);
-        let slots: Vec<Lb4Key> = (1..=n).map(|s| Lb4Key::new(addr, port, proto, s)).collect();
         self.backend
             .delete_services(&slots)
             .map_err(map_err("deleting slots of", key))?;
@@ -784,7 +876,12 @@ impl<B: LbBackend> LbMapOps<B> {
         self.backend
             .delete_src_ranges(&cur.range_entries(cur.service_id))
             .map_err(map_err("deleting source ranges of", key))?;
-        self.forget_backends(shadow, key, cur.service_id, &cur.backends, &cur.addrs)
+        let all: Vec<u32> = cur
+            .all_backends()
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        self.forget_backends(shadow, key, cur.service_id, &all, &cur.addrs)
     }
 
     /// Removes every frontend, reverse NAT, Maglev table and backend not in `wanted`.
@@ -854,7 +951,8 @@ impl<B: LbBackend> LbMapOps<B> {
         }
         let want_backends: BTreeSet<u32> = wanted
             .iter()
-            .flat_map(|d| d.backends.iter().map(|b| b.id))
+            .flat_map(|d| d.backends.iter().chain(d.internal.iter().flatten()))
+            .map(|b| b.id)
             .chain(Self::referenced(&present))
             .collect();
         let orphans: Vec<u32> = self
@@ -940,14 +1038,14 @@ mod tests {
             Ok(())
         }
         fn write_services(&self, e: &[(Lb4Key, Lb4Service)]) -> Result<(), cilium_bpf::Error> {
-            let slots: Vec<u16> = e.iter().map(|(k, _)| k.slot).collect();
-            self.log.lock().push(format!("slots {slots:?}"));
+            let slots = slot_names(e.iter().map(|(k, _)| k));
+            self.log.lock().push(format!("slots {slots}"));
             self.services.lock().extend(e.iter().copied());
             Ok(())
         }
         fn delete_services(&self, keys: &[Lb4Key]) -> Result<(), cilium_bpf::Error> {
-            let slots: Vec<u16> = keys.iter().map(|k| k.slot).collect();
-            self.log.lock().push(format!("del-slots {slots:?}"));
+            let slots = slot_names(keys);
+            self.log.lock().push(format!("del-slots {slots}"));
             let mut m = self.services.lock();
             for k in keys {
                 m.remove(k);
@@ -1017,6 +1115,29 @@ mod tests {
         }
     }
 
+    /// `[1, 2, i0, i1]`: slot numbers, those of the internal scope prefixed with `i`.
+    fn slot_names<'a>(keys: impl IntoIterator<Item = &'a Lb4Key>) -> String {
+        let names: Vec<String> = keys
+            .into_iter()
+            .map(|k| match k.scope {
+                LB_SCOPE_INT => format!("i{}", k.slot),
+                _ => k.slot.to_string(),
+            })
+            .collect();
+        format!("[{}]", names.join(", "))
+    }
+
+    fn backend_descs(ids: &[u32]) -> Vec<BackendDesc> {
+        ids.iter()
+            .map(|b| BackendDesc {
+                id: *b,
+                address: Ipv4Addr::new(10, 200, 0, u8::try_from(*b).unwrap()),
+                port: 8080,
+                terminating: false,
+            })
+            .collect()
+    }
+
     fn fe(id: u16, backends: &[u32]) -> FrontendDesc {
         FrontendDesc {
             address: Ipv4Addr::new(10, 96, 0, 10),
@@ -1026,19 +1147,129 @@ mod tests {
             kind: "ClusterIP".into(),
             service: "x/s".into(),
             service_id: id,
-            backends: backends
-                .iter()
-                .map(|b| BackendDesc {
-                    id: *b,
-                    address: Ipv4Addr::new(10, 200, 0, u8::try_from(*b).unwrap()),
-                    port: 8080,
-                    terminating: false,
-                })
-                .collect(),
+            backends: backend_descs(backends),
             affinity_timeout_secs: 0,
             source_ranges: Vec::new(),
             source_ranges_deny: false,
+            internal: None,
         }
+    }
+
+    /// An external frontend with `local` backends for outside clients and `all` for clients
+    /// on the node.
+    fn two_scopes(id: u16, local: &[u32], all: &[u32]) -> FrontendDesc {
+        FrontendDesc {
+            external: true,
+            kind: "NodePort".into(),
+            internal: Some(backend_descs(all)),
+            ..fe(id, local)
+        }
+    }
+
+    fn internal_header(fake: &Fake) -> Option<Lb4Service> {
+        let key = Lb4Key::scoped(Ipv4Addr::new(10, 96, 0, 10), 80, 6, 0, LB_SCOPE_INT);
+        fake.services.lock().get(&key).copied()
+    }
+
+    #[test]
+    fn internal_scope_is_written_before_the_flagged_header_and_deleted_after_it() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Maglev, 251);
+        ops.apply(&two_scopes(7, &[1], &[1, 2])).unwrap();
+        assert_eq!(
+            fake.log.lock().clone(),
+            vec![
+                "backends [1, 1, 2]",
+                "slots [1, i1, i2]",
+                "maglev 7",
+                "revnat 7",
+                "slots [i0]",
+                "slots [0]"
+            ]
+        );
+        let hdr = fake.services.lock()[&Lb4Key::new(Ipv4Addr::new(10, 96, 0, 10), 80, 6, 0)];
+        assert_eq!((hdr.count, hdr.algorithm), (1, LB_ALG_MAGLEV));
+        assert_ne!(hdr.flags & SVC_F_TWO_SCOPES, 0);
+        let int = internal_header(&fake).unwrap();
+        // The internal scope picks randomly and is not flagged itself.
+        assert_eq!(
+            (int.count, int.algorithm, int.backend_id, int.rev_nat_id),
+            (2, LB_ALG_RANDOM, 0, 7)
+        );
+        assert_eq!(int.flags & SVC_F_TWO_SCOPES, 0);
+        assert_ne!(int.flags & SVC_F_EXTERNAL, 0);
+
+        // The internal set shrinks: its surplus slot goes after the headers; backend 3 was
+        // never there, backend 2 stays in the external set now.
+        ops.apply(&two_scopes(7, &[1, 2], &[1, 2, 3])).unwrap();
+        fake.log.lock().clear();
+        ops.apply(&two_scopes(7, &[1, 2], &[1, 2])).unwrap();
+        let log = fake.log.lock().clone();
+        assert_eq!(
+            &log[log.len() - 3..],
+            ["del-slots [i3]", "flush 3", "del-backends [3]"]
+        );
+
+        // Back to one scope: the external header loses the flag first, then the internal
+        // header goes, then its slots; backend 2, in neither set now, is flushed.
+        fake.log.lock().clear();
+        ops.apply(&fe(7, &[1])).unwrap();
+        let log = fake.log.lock().clone();
+        let hdr = log.iter().position(|l| l == "slots [0]").unwrap();
+        assert_eq!(
+            &log[hdr..],
+            [
+                "slots [0]",
+                "del-slots [i0]",
+                "del-slots [2, i1, i2]",
+                "flush 2",
+                "del-backends [2]"
+            ],
+            "{log:?}"
+        );
+        assert!(internal_header(&fake).is_none());
+        assert_eq!(header_flags(&fake) & SVC_F_TWO_SCOPES, 0);
+        assert_eq!(fake.services.lock().len(), 2);
+
+        // Removal: both headers first, then both scopes' slots.
+        ops.apply(&two_scopes(7, &[1], &[1, 4])).unwrap();
+        fake.log.lock().clear();
+        ops.remove(&two_scopes(7, &[1], &[1, 4])).unwrap();
+        let log = fake.log.lock().clone();
+        assert_eq!(&log[..2], ["del-slots [0, i0]", "del-slots [1, i1, i2]"]);
+        assert!(fake.services.lock().is_empty() && fake.backends.lock().is_empty());
+    }
+
+    #[test]
+    fn a_restart_finds_the_internal_scope_and_drops_or_prunes_it() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        ops.apply(&two_scopes(7, &[1], &[1, 2, 3])).unwrap();
+        // A new process: the shadow comes from the maps.
+        let restarted = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        restarted.apply(&two_scopes(7, &[1], &[1, 2])).unwrap();
+        assert_eq!(internal_header(&fake).map(|h| h.count), Some(2));
+        assert!(
+            !fake
+                .services
+                .lock()
+                .keys()
+                .any(|k| k.scope == LB_SCOPE_INT && k.slot == 3),
+            "the internal scope's surplus slot stayed"
+        );
+        assert!(!fake.backends.lock().contains_key(&3));
+        let again = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        again.apply(&fe(7, &[1])).unwrap();
+        assert!(
+            !fake.services.lock().keys().any(|k| k.scope == LB_SCOPE_INT),
+            "the internal scope outlived a restart"
+        );
+        assert!(!fake.backends.lock().contains_key(&2));
+        // A frontend nobody wants any more, with two scopes: pruned whole.
+        again.apply(&two_scopes(7, &[1], &[1, 5])).unwrap();
+        let last = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        last.prune_to(&[]).unwrap();
+        assert!(fake.services.lock().is_empty() && fake.backends.lock().is_empty());
     }
 
     fn fmt_ranges(r: &[SrcRange]) -> String {

@@ -22,6 +22,17 @@ pub(crate) fn router(writer: Arc<Writer>) -> OpenApiRouter {
         .with_state(writer)
 }
 
+fn backend_infos(set: &[crate::model::FrontendBackend]) -> Vec<FrontendBackendInfo> {
+    set.iter()
+        .map(|b| FrontendBackendInfo {
+            id: b.id,
+            address: b.address.to_string(),
+            port: b.port,
+            state: b.state.as_str().to_string(),
+        })
+        .collect()
+}
+
 pub(crate) fn frontend_info(f: &Frontend) -> FrontendInfo {
     FrontendInfo {
         address: f.address.to_string(),
@@ -30,16 +41,8 @@ pub(crate) fn frontend_info(f: &Frontend) -> FrontendInfo {
         kind: f.kind.as_str().to_string(),
         service_id: f.service_id,
         port_name: f.port_name.clone(),
-        backends: f
-            .backends
-            .iter()
-            .map(|b| FrontendBackendInfo {
-                id: b.id,
-                address: b.address.to_string(),
-                port: b.port,
-                state: b.state.as_str().to_string(),
-            })
-            .collect(),
+        backends: backend_infos(&f.backends),
+        internal_backends: f.internal_backends.as_deref().map(backend_infos),
         source_ranges: f.source_ranges.iter().map(|n| n.to_string()).collect(),
         source_ranges_policy: ranges_policy(&f.source_ranges, f.source_ranges_deny),
         status: match (&f.status.kind, &f.status.error) {

@@ -244,6 +244,12 @@ pub struct Frontend {
     /// publishNotReadyAddresses; all active, or (when no backend is active) all
     /// terminating. Sorted by address and port. Empty = refuse connections.
     pub backends: Vec<FrontendBackend>,
+    /// What clients on this node (pods, host processes) use instead of `backends`, when it
+    /// differs: the service's every usable backend, for a NodePort, ExternalIP or
+    /// LoadBalancer frontend of an `externalTrafficPolicy: Local` service (`backends` keeps
+    /// the local ones for outside clients). None: `backends` serves every client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_backends: Option<Vec<FrontendBackend>>,
     /// ClientIP session affinity timeout in seconds; 0 = no affinity.
     pub affinity_timeout_secs: u32,
     /// `loadBalancerSourceRanges` (LoadBalancer frontends only): when not empty, only
@@ -277,6 +283,7 @@ impl Frontend {
             && self.service_id == other.service_id
             && self.port_name == other.port_name
             && self.backends == other.backends
+            && self.internal_backends == other.internal_backends
             && self.affinity_timeout_secs == other.affinity_timeout_secs
             && self.source_ranges == other.source_ranges
             && self.source_ranges_deny == other.source_ranges_deny

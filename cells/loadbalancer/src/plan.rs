@@ -47,6 +47,10 @@ pub struct PlannedFrontend {
     pub port_name: String,
     /// Selected backends, sorted by address.
     pub backends: Vec<(L3n4Addr, BackendState)>,
+    /// Clients on this node, when they get other backends than `backends`: the cluster-wide
+    /// selection of an external frontend under `externalTrafficPolicy: Local` (kube-proxy
+    /// sends pods and the node's own processes there to every endpoint).
+    pub internal_backends: Option<Vec<(L3n4Addr, BackendState)>>,
 }
 
 /// The plan of one service.
@@ -229,16 +233,22 @@ pub fn plan_service(
             if plan.frontends.iter().any(|f| f.addr == addr) {
                 continue;
             }
+            let external_local = kind.is_external() && svc.ext_traffic_local;
             let local_only = if kind.is_external() {
                 svc.ext_traffic_local
             } else {
                 svc.int_traffic_local
             };
+            let backends = select(&refs, local_only);
+            let internal_backends = external_local
+                .then(|| select(&refs, false))
+                .filter(|all| *all != backends);
             plan.frontends.push(PlannedFrontend {
                 addr,
                 kind,
                 port_name: sp.name.clone(),
-                backends: select(&refs, local_only),
+                backends,
+                internal_backends,
             });
         }
         plan.backends.extend(cands);

@@ -485,6 +485,28 @@ fn traffic_policies_local() {
     assert_eq!(a.backend_list("192.0.2.1:30081/TCP"), local);
     let f = a.frontend("192.0.2.1:30081/TCP").unwrap();
     assert!(f.ext_traffic_local && !f.int_traffic_local);
+    // Clients on this node reach the NodePort frontend's every backend (kube-proxy's
+    // cluster chain for pods and local processes); the ClusterIP frontend has one set.
+    let internal = |addr: &str| {
+        a.frontend(addr)
+            .and_then(|f| f.internal_backends)
+            .map(|set| {
+                set.iter()
+                    .map(|b| (format!("{}:{}", b.address, b.port), b.state))
+                    .collect::<Vec<_>>()
+            })
+    };
+    assert_eq!(internal("192.0.2.1:30081/TCP"), Some(all.clone()));
+    assert_eq!(internal("10.96.0.13:80/TCP"), None);
+    // Every backend local: one set serves both.
+    a.apply(&slice("np-1", "np", HTTP_PORT, &eps[..1]));
+    assert_eq!(a.backend_list("192.0.2.1:30081/TCP"), all[..1]);
+    assert_eq!(internal("192.0.2.1:30081/TCP"), None);
+    // No backend here: outside clients are refused, the node's own clients are not.
+    a.apply(&slice("np-1", "np", HTTP_PORT, &eps[1..2]));
+    assert!(a.backend_list("192.0.2.1:30081/TCP").is_empty());
+    assert_eq!(internal("192.0.2.1:30081/TCP"), Some(all[2..].to_vec()));
+    a.apply(&slice("np-1", "np", HTTP_PORT, &eps));
 
     a.apply(&svc(
         "np",
@@ -492,6 +514,7 @@ fn traffic_policies_local() {
     ));
     assert_eq!(a.backend_list("10.96.0.13:80/TCP"), local);
     assert_eq!(a.backend_list("192.0.2.1:30081/TCP"), all);
+    assert_eq!(internal("192.0.2.1:30081/TCP"), None);
 
     // Only remote backends, with Local: the frontend refuses; the active-only fallback does
     // not reach across nodes.

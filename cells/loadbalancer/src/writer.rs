@@ -970,18 +970,21 @@ impl Writer {
                     break;
                 };
                 st.dirty |= fresh;
-                let backends = pf
-                    .backends
-                    .iter()
-                    .filter_map(|(a, state)| {
-                        st.be_ids.by_key.get(a).map(|id| FrontendBackend {
-                            id: *id,
-                            address: a.address,
-                            port: a.port,
-                            state: *state,
-                        })
-                    })
-                    .collect();
+                let with_ids =
+                    |set: &[(L3n4Addr, crate::model::BackendState)]| -> Vec<FrontendBackend> {
+                        set.iter()
+                            .filter_map(|(a, state)| {
+                                st.be_ids.by_key.get(a).map(|id| FrontendBackend {
+                                    id: *id,
+                                    address: a.address,
+                                    port: a.port,
+                                    state: *state,
+                                })
+                            })
+                            .collect()
+                    };
+                let backends = with_ids(&pf.backends);
+                let internal_backends = pf.internal_backends.as_deref().map(with_ids);
                 frontends.push(Frontend {
                     address: pf.addr.address,
                     port: pf.addr.port,
@@ -991,6 +994,7 @@ impl Writer {
                     service_id: id as u16,
                     port_name: pf.port_name.clone(),
                     backends,
+                    internal_backends,
                     affinity_timeout_secs: obj.affinity_timeout_secs,
                     source_ranges: if pf.kind == FrontendKind::LoadBalancer {
                         obj.source_ranges.clone()
