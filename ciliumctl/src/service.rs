@@ -66,10 +66,11 @@ pub fn table(services: &[ServiceInfo]) -> Table {
             "None".to_string()
         };
         if s.frontends.is_empty() {
-            let why = match &s.error {
-                Some(e) => format!("error: {e}"),
-                None if s.cluster_ip == "None" => "headless".to_string(),
-                None => "-".to_string(),
+            let why = match (&s.error, &s.ignored) {
+                (Some(e), _) => format!("error: {e}"),
+                (None, Some(why)) => format!("ignored: {why}"),
+                (None, None) if s.cluster_ip == "None" => "headless".to_string(),
+                (None, None) => "-".to_string(),
             };
             t.row([
                 "-".to_string(),
@@ -135,6 +136,15 @@ mod tests {
                 error: Some("already used by service default/web".into()),
                 ..Default::default()
             },
+            ServiceInfo {
+                namespace: "default".into(),
+                name: "alias".into(),
+                service_type: "ExternalName".into(),
+                cluster_ip: "None".into(),
+                session_affinity: "None".into(),
+                ignored: Some("type ExternalName (db.example.com): a DNS alias".into()),
+                ..Default::default()
+            },
         ];
         let out = table(&services).render();
         assert!(out.contains("FRONTEND"), "{out}");
@@ -143,6 +153,10 @@ mod tests {
         assert!(out.contains("ClientIP 10800s"), "{out}");
         assert!(
             out.contains("error: already used by service default/web"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ignored: type ExternalName (db.example.com)"),
             "{out}"
         );
     }

@@ -148,6 +148,14 @@ pub struct ServiceInfo {
     /// Why the service has no frontends (a conflict), when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the agent leaves the service alone, as kube-proxy does (type ExternalName, the
+    /// label `service.kubernetes.io/headless`, a `service.kubernetes.io/service-proxy-name`
+    /// label for another proxy): no cluster IP, node ports or frontends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+    /// `spec.externalName` (type ExternalName).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub external_name: String,
 }
 
 fn is_zero(v: &u16) -> bool {

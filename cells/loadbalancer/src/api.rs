@@ -113,6 +113,8 @@ pub fn service_info(
         frontends: frontends.iter().map(|f| frontend_info(f)).collect(),
         backends: bs,
         error: svc.error.clone(),
+        ignored: svc.ignored.clone(),
+        external_name: svc.external_name.clone(),
     }
 }
 

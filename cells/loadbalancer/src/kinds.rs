@@ -26,6 +26,12 @@ pub const ENDPOINT_SLICES_TABLE: &str = "endpointslices";
 pub const SLICE_SERVICE_INDEX: &str = "service";
 /// The label naming the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Service label naming the proxy that handles the service: kube-proxy leaves every service
+/// that has it alone; this agent handles only those whose value is its
+/// `--k8s-service-proxy-name` (none when that is empty), as Cilium does.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Service label that makes proxies treat the service as headless.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Default ClientIP affinity timeout (3 hours), as Kubernetes.
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
 /// Node port range (inclusive), as Kubernetes' default.
@@ -80,6 +86,9 @@ pub struct ServiceObj {
     pub labels: BTreeMap<String, String>,
     /// `spec.type`.
     pub service_type: ServiceType,
+    /// `spec.externalName` (type ExternalName only).
+    #[serde(default)]
+    pub external_name: String,
     /// `spec.clusterIP`.
     pub cluster_ip: ClusterIpSpec,
     /// `spec.ports`.
@@ -121,6 +130,37 @@ impl ServiceObj {
     /// Its service name.
     pub fn service_name(&self) -> ServiceName {
         ServiceName::new(&self.namespace, &self.name)
+    }
+
+    /// Why an agent whose `--k8s-service-proxy-name` is `proxy_name` leaves this service
+    /// alone (no cluster IP, node ports or frontends; no conflicts checked), or None when it
+    /// load-balances it. kube-proxy skips the same services.
+    pub fn ignored(&self, proxy_name: &str) -> Option<String> {
+        if self.service_type == ServiceType::ExternalName {
+            return Some(format!(
+                "type ExternalName ({}): a DNS alias, nothing to load-balance",
+                self.external_name
+            ));
+        }
+        if self.labels.contains_key(HEADLESS_LABEL) {
+            return Some(format!("label {HEADLESS_LABEL}: headless"));
+        }
+        match self.labels.get(SERVICE_PROXY_NAME_LABEL) {
+            Some(l) if !proxy_name.is_empty() && l == proxy_name => None,
+            Some(l) if proxy_name.is_empty() => Some(format!(
+                "label {SERVICE_PROXY_NAME_LABEL}={l}: another proxy handles it (this agent's \
+                 --k8s-service-proxy-name is empty)"
+            )),
+            Some(l) => Some(format!(
+                "label {SERVICE_PROXY_NAME_LABEL}={l}: another proxy handles it (this agent's \
+                 --k8s-service-proxy-name is {proxy_name})"
+            )),
+            None if proxy_name.is_empty() => None,
+            None => Some(format!(
+                "no label {SERVICE_PROXY_NAME_LABEL}={proxy_name}: this agent handles only \
+                 services with it (--k8s-service-proxy-name)"
+            )),
+        }
     }
 }
 
@@ -321,22 +361,39 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         None | Some("") | Some("ClusterIP") => ServiceType::ClusterIP,
         Some("NodePort") => ServiceType::NodePort,
         Some("LoadBalancer") => ServiceType::LoadBalancer,
-        Some("ExternalName") => {
-            f.error(
-                "spec.type",
-                "ExternalName is not supported; use ClusterIP, NodePort or LoadBalancer",
-            );
-            ServiceType::ClusterIP
-        }
+        Some("ExternalName") => ServiceType::ExternalName,
         Some(other) => {
             f.error(
                 "spec.type",
-                format!("must be ClusterIP, NodePort or LoadBalancer, got {other:?}"),
+                format!("must be ClusterIP, NodePort, LoadBalancer or ExternalName, got {other:?}"),
             );
             ServiceType::ClusterIP
         }
     };
+    let external = service_type == ServiceType::ExternalName;
+    let external_name = f
+        .string(field("externalName"), "spec.externalName")
+        .unwrap_or_default();
+    if external {
+        // A DNS name, as Kubernetes validates it (a trailing dot is allowed).
+        let name = external_name.strip_suffix('.').unwrap_or(&external_name);
+        if external_name.is_empty() {
+            f.error(
+                "spec.externalName",
+                "required for type ExternalName (the DNS name the service stands for)",
+            );
+        } else if let Err(r) = validate_dns_subdomain(name) {
+            f.error("spec.externalName", r);
+        }
+        if field("clusterIP").is_some_and(|v| v.as_str() != Some("")) {
+            f.error(
+                "spec.clusterIP",
+                "must be empty for type ExternalName (it has no cluster IP)",
+            );
+        }
+    }
     let cluster_ip = match field("clusterIP") {
+        _ if external => ClusterIpSpec::Auto,
         None => ClusterIpSpec::Auto,
         Some(Value::String(s)) if s.is_empty() => ClusterIpSpec::Auto,
         Some(Value::String(s)) if s == "None" => {
@@ -361,9 +418,10 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         },
     };
     let raw_ports = f.list(field("ports"), "spec.ports");
-    if raw_ports.is_empty() && cluster_ip != ClusterIpSpec::Headless && field("ports").is_some() {
+    let ports_optional = cluster_ip == ClusterIpSpec::Headless || external;
+    if raw_ports.is_empty() && !ports_optional && field("ports").is_some() {
         f.error("spec.ports", "needs at least one port");
-    } else if field("ports").is_none() && cluster_ip != ClusterIpSpec::Headless {
+    } else if field("ports").is_none() && !ports_optional {
         f.error("spec.ports", "required (at least one port)");
     }
     let mut ports = Vec::new();
@@ -632,6 +690,11 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         name: doc.name.clone(),
         labels,
         service_type,
+        external_name: if external {
+            external_name
+        } else {
+            String::new()
+        },
         cluster_ip,
         ports,
         external_ips,
@@ -922,6 +985,8 @@ pub struct ServiceKind {
     pub table: Table<ServiceObj>,
     /// What committed services hold, to reject conflicting requests at apply time.
     pub claims: Arc<Claims>,
+    /// `--k8s-service-proxy-name`: services this agent leaves alone claim nothing.
+    pub proxy_name: String,
 }
 
 impl ResourceKind for ServiceKind {
@@ -953,6 +1018,9 @@ impl ResourceKind for ServiceKind {
     }
     fn parse(&self, doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         let svc = parse_service(doc)?;
+        if svc.ignored(&self.proxy_name).is_some() {
+            return Ok(svc);
+        }
         let errors = conflicts(&svc, &self.claims);
         if errors.is_empty() {
             Ok(svc)

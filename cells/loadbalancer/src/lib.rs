@@ -88,6 +88,10 @@ pub struct LbConfig {
         default_value = ""
     )]
     pub kpr_healthz_bind_address: String,
+    /// Handle only the services labelled `service.kubernetes.io/service-proxy-name` with this
+    /// value. Empty (the default): every service without that label, as kube-proxy.
+    #[arg(long = "k8s-service-proxy-name", default_value = "")]
+    pub service_proxy_name: String,
 }
 
 impl Default for LbConfig {
@@ -96,6 +100,7 @@ impl Default for LbConfig {
             enable_lb: true,
             service_cidr: Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16).unwrap_or_default(),
             kpr_healthz_bind_address: String::new(),
+            service_proxy_name: String::new(),
         }
     }
 }
@@ -144,6 +149,7 @@ impl NodeAddresses {
 
 fn register_service_kind(
     db: Arc<Db>,
+    cfg: Arc<LbConfig>,
     resources: Arc<Resources>,
     claims: Arc<Claims>,
 ) -> hive::anyhow::Result<Table<ServiceObj>> {
@@ -152,6 +158,7 @@ fn register_service_kind(
         .register(ServiceKind {
             table: table.clone(),
             claims,
+            proxy_name: cfg.service_proxy_name.clone(),
         })
         .map_err(|e| LbError::Register {
             kind: "Service",
@@ -199,6 +206,7 @@ fn new_writer(
             addresses: addrs.0.clone(),
         },
         service_cidr: cfg.service_cidr,
+        proxy_name: cfg.service_proxy_name.clone(),
         state: node.state_file(STATE_FILE),
         service_objects: (*service_objects).clone(),
         slices: (*slices).clone(),

@@ -372,6 +372,8 @@ pub enum ServiceType {
     NodePort,
     /// Also on its load balancer ingress IPs.
     LoadBalancer,
+    /// A DNS alias (`spec.externalName`): no cluster IP, nothing to load-balance.
+    ExternalName,
 }
 
 impl ServiceType {
@@ -381,12 +383,13 @@ impl ServiceType {
             ServiceType::ClusterIP => "ClusterIP",
             ServiceType::NodePort => "NodePort",
             ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::ExternalName => "ExternalName",
         }
     }
 
     /// True for NodePort and LoadBalancer (which get node ports).
     pub fn has_node_ports(self) -> bool {
-        self != ServiceType::ClusterIP
+        matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
 }
 
@@ -464,6 +467,14 @@ pub struct Service {
     /// Why the service has no frontends although it should (a conflict, ids exhausted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why this agent leaves the service alone (no cluster IP, node ports or frontends), as
+    /// kube-proxy does: type ExternalName, the label `service.kubernetes.io/headless`, or a
+    /// `service.kubernetes.io/service-proxy-name` label for another proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+    /// `spec.externalName` (type ExternalName).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub external_name: String,
 }
 
 /// Register the `services` table (primary index `name` = `namespace/name`).

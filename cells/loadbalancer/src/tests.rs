@@ -21,6 +21,8 @@ const NODE: &str = "node-a";
 struct Fixture {
     dir: tempfile::TempDir,
     addresses: Vec<Ipv4Addr>,
+    /// `--k8s-service-proxy-name`.
+    proxy_name: String,
 }
 
 struct Agent {
@@ -35,6 +37,7 @@ impl Fixture {
         Self {
             dir: tempfile::tempdir().unwrap(),
             addresses: vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)],
+            proxy_name: String::new(),
         }
     }
 
@@ -59,6 +62,7 @@ impl Fixture {
         res.register(ServiceKind {
             table: service_objects.clone(),
             claims: claims.clone(),
+            proxy_name: self.proxy_name.clone(),
         })
         .unwrap();
         let slices = new_endpoint_slices_table(&db).unwrap();
@@ -74,6 +78,7 @@ impl Fixture {
                 addresses: self.addresses.clone(),
             },
             service_cidr: "10.96.0.0/16".parse().unwrap(),
+            proxy_name: self.proxy_name.clone(),
             state: StateFile::new(self.dir.path().join(STATE_FILE)),
             service_objects,
             slices,
@@ -198,7 +203,7 @@ fn service_errors_name_document_field_and_reason() {
     let errs = a.errors(&bad);
     let all = errs.join("\n");
     for want in [
-        "document 1 (Service default/web): spec.type: must be ClusterIP, NodePort or LoadBalancer",
+        "document 1 (Service default/web): spec.type: must be ClusterIP, NodePort, LoadBalancer or ExternalName",
         "spec.clusterIP: must be an IPv4 address",
         "spec.ports[0].port: must be 1-65535, got 70000",
         "spec.ports[0].targetPort: must be a port number or a port name",
@@ -219,8 +224,18 @@ fn service_errors_name_document_field_and_reason() {
 
     let errs = a.errors(&svc("x", "  type: ExternalName\n  ports:\n  - port: 80"));
     assert!(
-        errs[0].contains("ExternalName is not supported"),
+        errs[0].contains("spec.externalName: required for type ExternalName"),
         "{errs:?}"
+    );
+    let errs = a.errors(&svc(
+        "x",
+        "  type: ExternalName\n  externalName: db_1.example.com\n  clusterIP: 10.96.0.9",
+    ));
+    let all = errs.join("\n");
+    assert!(all.contains("spec.externalName: "), "{all}");
+    assert!(
+        all.contains("spec.clusterIP: must be empty for type ExternalName"),
+        "{all}"
     );
     let errs = a.errors(&svc("x", "  clusterIP: None\n  type: NodePort"));
     assert!(
@@ -1236,4 +1251,86 @@ fn allocated_node_ports_avoid_the_ones_the_service_gives_itself() {
         "b moved to {b2}"
     );
     assert!(s.error.is_none(), "{:?}", s.error);
+}
+
+/// What kube-proxy leaves alone, this agent leaves alone: ExternalName services (DNS
+/// aliases), services labelled `service.kubernetes.io/headless`, and services labelled
+/// `service.kubernetes.io/service-proxy-name` for another proxy. They hold no cluster IP,
+/// node port or frontend, so another service may take what they name.
+#[test]
+fn services_for_dns_or_other_proxies_are_left_alone() {
+    let fx = Fixture::new();
+    let a = fx.agent();
+    let ports = "  ports:\n  - name: http\n    port: 80\n    nodePort: 30090";
+    a.apply(&svc(
+        "alias",
+        "  type: ExternalName\n  externalName: db.example.com.\n  ports:\n  - port: 5432",
+    ));
+    let s = a.service("default", "alias").unwrap();
+    assert_eq!(s.service_type, ServiceType::ExternalName);
+    assert_eq!((s.cluster_ip, s.frontends.len()), (None, 0));
+    assert_eq!(s.external_name, "db.example.com.");
+    assert!(
+        s.ignored.as_deref().unwrap().contains("ExternalName"),
+        "{s:?}"
+    );
+    // ExternalName -> ClusterIP: a cluster IP and frontends; and back: both released.
+    a.apply(&svc("alias", "  ports:\n  - port: 5432"));
+    let s = a.service("default", "alias").unwrap();
+    assert!(s.cluster_ip.is_some() && s.ignored.is_none(), "{s:?}");
+    assert_eq!(a.frontends("default", "alias").len(), 1);
+    a.apply(&svc(
+        "alias",
+        "  type: ExternalName\n  externalName: db.example.com",
+    ));
+    let s = a.service("default", "alias").unwrap();
+    assert_eq!((s.cluster_ip, s.frontends.len()), (None, 0));
+    assert!(a.frontends("default", "alias").is_empty());
+
+    // Another proxy's service: nothing held, so an unlabelled one may take its address and
+    // node port.
+    let other = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: theirs\n  namespace: default\n  labels:\n    service.kubernetes.io/service-proxy-name: other\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.90\n{ports}\n"
+    );
+    a.apply(&other);
+    let s = a.service("default", "theirs").unwrap();
+    assert!(
+        s.ignored
+            .as_deref()
+            .unwrap()
+            .contains("service-proxy-name=other"),
+        "{s:?}"
+    );
+    assert!(s.frontends.is_empty() && s.ports.iter().all(|p| p.node_port == 0));
+    a.apply(&svc(
+        "ours",
+        &format!("  type: NodePort\n  clusterIP: 10.96.0.90\n{ports}"),
+    ));
+    assert_eq!(a.frontends("default", "ours").len(), 3);
+    let headless = "apiVersion: v1\nkind: Service\nmetadata:\n  name: hl\n  namespace: default\n  labels:\n    service.kubernetes.io/headless: \"\"\nspec:\n  ports:\n  - port: 80\n";
+    a.apply(headless);
+    let s = a.service("default", "hl").unwrap();
+    assert!(s.ignored.is_some() && s.cluster_ip.is_none(), "{s:?}");
+
+    // An agent named "other" handles only the labelled service; the unlabelled ones are
+    // left to kube-proxy.
+    let named = Fixture {
+        proxy_name: "other".into(),
+        ..Fixture::new()
+    };
+    let b = named.agent();
+    b.apply(&other);
+    let s = b.service("default", "theirs").unwrap();
+    assert!(s.ignored.is_none(), "{s:?}");
+    assert_eq!(b.frontends("default", "theirs").len(), 3);
+    b.apply(&svc("plain", "  ports:\n  - port: 80"));
+    let s = b.service("default", "plain").unwrap();
+    assert!(
+        s.ignored
+            .as_deref()
+            .unwrap()
+            .contains("--k8s-service-proxy-name"),
+        "{s:?}"
+    );
+    assert!(b.frontends("default", "plain").is_empty());
 }

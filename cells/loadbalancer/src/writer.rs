@@ -40,6 +40,9 @@ pub struct WriterParams {
     pub node: NodeInfo,
     /// Where cluster IPs are allocated from (`--service-cidr`).
     pub service_cidr: Ipv4Net,
+    /// `--k8s-service-proxy-name` (which services this agent handles, see
+    /// [`ServiceObj::ignored`]).
+    pub proxy_name: String,
     /// `<state-dir>/lb.json`.
     pub state: StateFile,
     /// Applied Service objects.
@@ -815,7 +818,14 @@ impl Writer {
             return Ok(released);
         };
         let mut error: Option<String> = None;
+        // Left alone (ExternalName, another proxy's): like headless, nothing is held.
+        let ignored = obj.ignored(&self.p.proxy_name);
+        let headless = obj.cluster_ip == ClusterIpSpec::Headless || ignored.is_some();
         let cluster_ip = match obj.cluster_ip {
+            _ if ignored.is_some() => {
+                Self::release_cluster_ip(st, name);
+                None
+            }
             ClusterIpSpec::Headless => {
                 Self::release_cluster_ip(st, name);
                 None
@@ -846,9 +856,7 @@ impl Writer {
             .chain(obj.health_check_node_port)
             .collect();
         for sp in &obj.ports {
-            let node_port = if !obj.service_type.has_node_ports()
-                || obj.cluster_ip == ClusterIpSpec::Headless
-            {
+            let node_port = if !obj.service_type.has_node_ports() || headless {
                 0
             } else if let Some(np) = sp.node_port {
                 np
@@ -877,10 +885,7 @@ impl Writer {
         }
         // healthCheckNodePort: type LoadBalancer with externalTrafficPolicy Local only.
         let mut health_check_node_port = 0;
-        if obj.service_type == ServiceType::LoadBalancer
-            && obj.ext_traffic_local
-            && obj.cluster_ip != ClusterIpSpec::Headless
-        {
+        if obj.service_type == ServiceType::LoadBalancer && obj.ext_traffic_local && !headless {
             health_check_node_port = match obj.health_check_node_port {
                 Some(p) => p,
                 None => {
@@ -932,15 +937,19 @@ impl Writer {
             ipam.as_ref()
                 .is_some_and(|t| t.get(r, &t.primary_index().query(ip_key(ip))).is_some())
         };
-        let plan = plan_service(
-            &obj,
-            cluster_ip,
-            &ports,
-            &slices,
-            &self.p.node,
-            &mut named_port,
-            &is_local,
-        );
+        let plan = if ignored.is_some() {
+            crate::plan::Plan::default()
+        } else {
+            plan_service(
+                &obj,
+                cluster_ip,
+                &ports,
+                &slices,
+                &self.p.node,
+                &mut named_port,
+                &is_local,
+            )
+        };
         for k in pod_refs {
             st.pod_deps.entry(k).or_default().insert(name.clone());
         }
@@ -1054,6 +1063,8 @@ impl Writer {
             publish_not_ready: obj.publish_not_ready,
             frontends: fronts,
             error,
+            ignored,
+            external_name: obj.external_name.clone(),
         };
         let old = self.p.services.get(&*w, &service_query(name));
         if old.as_deref() != Some(&row) {
