@@ -119,11 +119,19 @@ pub struct ServiceObj {
     pub int_traffic_local: bool,
     /// `publishNotReadyAddresses`.
     pub publish_not_ready: bool,
+    /// `spec.allocateLoadBalancerNodePorts` (type LoadBalancer; default true): false leaves
+    /// ports without a given `nodePort` without one (no NodePort frontend).
+    #[serde(default = "yes")]
+    pub allocate_lb_node_ports: bool,
     /// `spec.selector`: stored only; standalone mode does not derive EndpointSlices.
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
     /// Creation order (kept while re-applied): the older service wins a conflict.
     pub created: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ServiceObj {
@@ -639,6 +647,16 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         "spec.publishNotReadyAddresses",
     )
     .unwrap_or(false);
+    let allocate_lb_node_ports = match field("allocateLoadBalancerNodePorts") {
+        None => true,
+        v => {
+            let path = "spec.allocateLoadBalancerNodePorts";
+            if service_type != ServiceType::LoadBalancer {
+                f.error(path, "may only be given when spec.type is LoadBalancer");
+            }
+            bool_field(&mut f, v, path).unwrap_or(true)
+        }
+    };
     let mut selector = BTreeMap::new();
     if let Some(sel) = f.object(field("selector"), "spec.selector") {
         for (k, v) in sel {
@@ -670,9 +688,29 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         let Some(obj) = f.object(Some(ing), &path) else {
             continue;
         };
+        // ipMode Proxy: the load balancer proxies to the nodes itself, so its address is not
+        // a frontend here (clients on the node go through the load balancer too).
+        let proxied = match f
+            .string(
+                obj.get("ipMode").filter(|v| !v.is_null()),
+                &format!("{path}.ipMode"),
+            )
+            .as_deref()
+        {
+            None | Some("VIP") => false,
+            Some("Proxy") => true,
+            Some(other) => {
+                f.error(
+                    format!("{path}.ipMode"),
+                    format!("must be VIP or Proxy, got {other:?}"),
+                );
+                false
+            }
+        };
         match obj.get("ip").filter(|v| !v.is_null()) {
             Some(v) => {
                 if let Some(ip) = ipv4(&mut f, v, &format!("{path}.ip"))
+                    && !proxied
                     && !lb_ingress_ips.contains(&ip)
                 {
                     lb_ingress_ips.push(ip);
@@ -706,6 +744,7 @@ pub fn parse_service(doc: &Document) -> Result<ServiceObj, Vec<FieldError>> {
         health_check_node_port,
         int_traffic_local,
         publish_not_ready,
+        allocate_lb_node_ports,
         selector,
         created: next_created(),
     })

@@ -457,6 +457,66 @@ fn nodeport_loadbalancer_and_external_ips() {
     assert!(a.frontend("192.0.2.1:30080/TCP").is_none());
 }
 
+/// `allocateLoadBalancerNodePorts: false`: only the node ports given get NodePort frontends;
+/// an ingress with `ipMode: Proxy` is not a frontend (the load balancer proxies itself).
+#[test]
+fn load_balancer_without_node_ports_and_proxy_ingress() {
+    let fx = Fixture::new();
+    let a = fx.agent();
+    let spec = |alloc: &str, mode: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.14\n{alloc}  ports:\n  - name: http\n    port: 80\n    nodePort: 30085\n  - name: dns\n    port: 53\n    protocol: UDP\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.9\n    - ip: 203.0.113.10\n{mode}"
+        )
+    };
+    a.apply(&spec(
+        "  allocateLoadBalancerNodePorts: false\n",
+        "      ipMode: Proxy\n",
+    ));
+    let row = a.service("default", "lb").unwrap();
+    assert_eq!(
+        row.ports.iter().map(|p| p.node_port).collect::<Vec<_>>(),
+        [30085, 0]
+    );
+    let mut got: Vec<String> = a
+        .frontends("default", "lb")
+        .iter()
+        .map(|f| f.addr().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "10.96.0.14:53/UDP",
+            "10.96.0.14:80/TCP",
+            "192.0.2.1:30085/TCP",
+            "192.0.2.2:30085/TCP",
+            "203.0.113.9:53/UDP",
+            "203.0.113.9:80/TCP",
+        ]
+    );
+    // Allocation back on (the default), ipMode VIP: the UDP port gets a node port, the
+    // second ingress its frontends.
+    a.apply(&spec("", "      ipMode: VIP\n"));
+    let row = a.service("default", "lb").unwrap();
+    assert_ne!(row.ports[1].node_port, 0);
+    assert_eq!(a.frontends("default", "lb").len(), 10);
+    let errs = a.errors(&spec("", "      ipMode: Direct\n"));
+    assert!(
+        errs[0].contains("status.loadBalancer.ingress[1].ipMode: must be VIP or Proxy"),
+        "{errs:?}"
+    );
+    let errs = a.errors(&svc(
+        "c",
+        "  allocateLoadBalancerNodePorts: false\n  ports:\n  - port: 80",
+    ));
+    assert!(
+        errs[0].contains(
+            "spec.allocateLoadBalancerNodePorts: may only be given when spec.type is LoadBalancer"
+        ),
+        "{errs:?}"
+    );
+}
+
 #[test]
 fn traffic_policies_local() {
     let fx = Fixture::new();

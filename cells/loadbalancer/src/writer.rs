@@ -860,6 +860,8 @@ impl Writer {
                 0
             } else if let Some(np) = sp.node_port {
                 np
+            } else if !obj.allocate_lb_node_ports {
+                0
             } else {
                 keep_keys.insert(sp.alloc_key());
                 match self.alloc_node_port(st, name, &sp.alloc_key(), &given) {
