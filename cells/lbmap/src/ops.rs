@@ -145,8 +145,8 @@ pub trait LbBackend: Send + Sync + 'static {
     fn src_ranges(&self) -> Result<Vec<SrcRange>, cilium_bpf::Error>;
     /// Every service entry.
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error>;
-    /// Every backend id.
-    fn backend_ids(&self) -> Result<Vec<u32>, cilium_bpf::Error>;
+    /// Every backend with its id.
+    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>, cilium_bpf::Error>;
     /// Every reverse-NAT id.
     fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error>;
     /// Every service id with a Maglev table.
@@ -225,15 +225,8 @@ impl LbBackend for Arc<Datapath> {
     fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error> {
         self.maps().lb.services.entries()
     }
-    fn backend_ids(&self) -> Result<Vec<u32>, cilium_bpf::Error> {
-        Ok(self
-            .maps()
-            .lb
-            .backends
-            .entries()?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+    fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>, cilium_bpf::Error> {
+        self.maps().lb.backends.entries()
     }
     fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error> {
         Ok(self
@@ -300,7 +293,8 @@ struct Written {
     service_id: u16,
     /// Backend ids in slot order.
     backends: Vec<u32>,
-    /// Backend addresses (for flushing).
+    /// Addresses of the backends it uses (both scopes), to flush their flows once they
+    /// leave.
     addrs: BTreeMap<u32, Lb4Backend>,
     /// Source ranges written under `service_id`.
     ranges: BTreeSet<(Ipv4Addr, u8)>,
@@ -433,6 +427,14 @@ impl<B: LbBackend> LbMapOps<B> {
                 }
             }
         }
+        // Addresses of the backends the frontends use, so that flows of a backend the first
+        // write after a restart removes are flushed too.
+        let known: HashMap<u32, Lb4Backend> = self
+            .backend
+            .dump_backends()
+            .map_err(map_err("listing backends for", &none))?
+            .into_iter()
+            .collect();
         let mut ranges: HashMap<u16, BTreeSet<(Ipv4Addr, u8)>> = HashMap::new();
         for (id, a, l) in self
             .backend
@@ -449,7 +451,7 @@ impl<B: LbBackend> LbMapOps<B> {
                 let service_id = f.header.or(f.internal_header).map_or(0, |h| h.rev_nat_id);
                 let internal = (f.internal_header.is_some() || !f.internal_slots.is_empty())
                     .then(|| f.internal_slots.into_values().collect());
-                let written = Written {
+                let mut written = Written {
                     service_id,
                     backends: f.slots.into_values().collect(),
                     addrs: BTreeMap::new(),
@@ -459,6 +461,10 @@ impl<B: LbBackend> LbMapOps<B> {
                         .unwrap_or_default(),
                     internal,
                 };
+                written.addrs = written
+                    .all_backends()
+                    .filter_map(|id| known.get(&id).map(|b| (id, *b)))
+                    .collect();
                 (key, written)
             })
             .collect();
@@ -703,17 +709,12 @@ impl<B: LbBackend> LbMapOps<B> {
         let written = Written {
             service_id: d.service_id,
             backends: used(&d.backends),
-            // Old addresses stay (removed backends are flushed by them); new ones win.
-            addrs: cur
-                .addrs
+            // The backends it uses now (removed ones are flushed by `cur.addrs` below).
+            addrs: d
+                .backends
                 .iter()
-                .map(|(id, v)| (*id, *v))
-                .chain(
-                    d.backends
-                        .iter()
-                        .chain(d.internal.iter().flatten())
-                        .map(|b| (b.id, backend_value(b, d.proto))),
-                )
+                .chain(d.internal.iter().flatten())
+                .map(|b| (b.id, backend_value(b, d.proto)))
                 .collect(),
             ranges: new_ranges,
             internal: d.internal.as_deref().map(used),
@@ -957,9 +958,10 @@ impl<B: LbBackend> LbMapOps<B> {
             .collect();
         let orphans: Vec<u32> = self
             .backend
-            .backend_ids()
+            .dump_backends()
             .map_err(map_err("listing backends for", &none))?
             .into_iter()
+            .map(|(id, _)| id)
             .filter(|id| !want_backends.contains(id))
             .collect();
         if !orphans.is_empty() || !stale.is_empty() {
@@ -1095,8 +1097,8 @@ mod tests {
         fn dump_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, cilium_bpf::Error> {
             Ok(self.services.lock().iter().map(|(k, v)| (*k, *v)).collect())
         }
-        fn backend_ids(&self) -> Result<Vec<u32>, cilium_bpf::Error> {
-            Ok(self.backends.lock().keys().copied().collect())
+        fn dump_backends(&self) -> Result<Vec<(u32, Lb4Backend)>, cilium_bpf::Error> {
+            Ok(self.backends.lock().iter().map(|(k, v)| (*k, *v)).collect())
         }
         fn revnat_ids(&self) -> Result<Vec<u16>, cilium_bpf::Error> {
             Ok(self.revnat.lock().keys().copied().collect())
@@ -1238,6 +1240,27 @@ mod tests {
         let log = fake.log.lock().clone();
         assert_eq!(&log[..2], ["del-slots [0, i0]", "del-slots [1, i1, i2]"]);
         assert!(fake.services.lock().is_empty() && fake.backends.lock().is_empty());
+    }
+
+    #[test]
+    fn removed_backends_are_flushed_after_a_restart_and_forgotten_after_the_flush() {
+        let fake = Arc::new(Fake::default());
+        let ops = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        ops.apply(&fe(7, &[1, 2])).unwrap();
+        // A new process whose first write drops backend 2: its flows are flushed, found by
+        // the address the backends map holds.
+        let restarted = LbMapOps::new(fake.clone(), Algorithm::Random, 251);
+        fake.log.lock().clear();
+        restarted.apply(&fe(7, &[1])).unwrap();
+        let log = fake.log.lock().clone();
+        assert!(log.iter().any(|l| l == "flush 2"), "{log:?}");
+        // Backends coming and going: the shadow keeps only the addresses in use.
+        for b in 3..60 {
+            restarted.apply(&fe(7, &[1, b])).unwrap();
+        }
+        let shadow = restarted.shadow.lock();
+        let w = &shadow.as_ref().unwrap()[&fe(7, &[]).key()];
+        assert_eq!(w.addrs.keys().copied().collect::<Vec<_>>(), [1, 59]);
     }
 
     #[test]
