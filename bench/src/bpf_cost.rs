@@ -14,9 +14,11 @@ const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// `/proc/stat` counts in USER_HZ, which is 100 on every Linux ABI this runs on.
 const NS_PER_TICK: f64 = 1e7;
 
-/// Turns the BPF run-time statistics on; puts back what was there when dropped.
+/// Turns the BPF run-time statistics on; puts back what was there when dropped (or when the
+/// run is interrupted).
 pub struct StatsOn {
     before: String,
+    _undo: cilium_e2e::cleanup::OnInterrupt,
 }
 
 impl StatsOn {
@@ -24,9 +26,17 @@ impl StatsOn {
     pub fn enable() -> Result<Self, String> {
         let before =
             std::fs::read_to_string(STATS_SYSCTL).map_err(|e| format!("{STATS_SYSCTL}: {e}"))?;
+        let before = before.trim().to_string();
+        let undo = {
+            let before = before.clone();
+            cilium_e2e::cleanup::on_interrupt(move || {
+                let _ = std::fs::write(STATS_SYSCTL, &before);
+            })
+        };
         std::fs::write(STATS_SYSCTL, "1").map_err(|e| format!("{STATS_SYSCTL}: {e}"))?;
         Ok(Self {
-            before: before.trim().to_string(),
+            before,
+            _undo: undo,
         })
     }
 }

@@ -1,13 +1,16 @@
 //! Harness for the end-to-end tests: locating the built binaries, checking privileges (a test
 //! that cannot run prints `SKIPPED: <why>`, or fails when `CI=true`), and RAII guards for the
 //! agent process, network namespaces and paths so every test cleans up after itself, also when
-//! it fails.
+//! it fails, and (through [`cleanup`]) also when the run is interrupted by a signal.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use cleanup::{OnInterrupt, on_interrupt, quiet};
+
+pub mod cleanup;
 pub mod model;
 pub mod oracle;
 pub mod podman;
@@ -143,14 +146,30 @@ pub fn cgroup2_mount() -> PathBuf {
 pub struct Netns {
     /// Its name (under /var/run/netns).
     pub name: String,
+    _undo: OnInterrupt,
 }
 
 impl Netns {
     /// Create a namespace with a unique name starting with `prefix`, with `lo` up.
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix);
+        let undo = {
+            let name = name.clone();
+            on_interrupt(move || {
+                // Processes still inside would keep it (and its veths) alive.
+                let pids = Command::new("ip")
+                    .args(["netns", "pids", &name])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                for pid in pids.split_whitespace() {
+                    quiet("kill", &["-KILL", pid]);
+                }
+                quiet("ip", &["netns", "del", &name]);
+            })
+        };
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
+        let ns = Self { name, _undo: undo };
         run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
         ns
     }
@@ -196,6 +215,7 @@ pub struct Agent {
     pub cgroup: PathBuf,
     dir: PathBuf,
     extra: Vec<String>,
+    _undo: OnInterrupt,
 }
 
 impl Agent {
@@ -204,16 +224,38 @@ impl Agent {
         let id = unique("e2e");
         let dir = std::env::temp_dir().join(format!("cilium-{id}"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let socket = dir.join("cilium.sock");
+        let bpf_root = PathBuf::from("/sys/fs/bpf").join(format!("cilium-{id}"));
+        let cgroup = cgroup2_mount().join(format!("cilium-{id}"));
+        let undo = {
+            let (socket, bpf_root, cgroup, dir) = (
+                socket.display().to_string(),
+                bpf_root.clone(),
+                cgroup.clone(),
+                dir.clone(),
+            );
+            let gateway = gateway_of(pod_cidr);
+            // By its socket path, which names this agent whichever process runs it now.
+            on_interrupt(move || {
+                quiet("pkill", &["-KILL", "-f", &socket]);
+                std::thread::sleep(Duration::from_millis(100));
+                remove_host_leftovers(&gateway);
+                let _ = std::fs::remove_dir_all(&bpf_root);
+                let _ = std::fs::remove_dir(&cgroup);
+                let _ = std::fs::remove_dir_all(&dir);
+            })
+        };
         let agent = Self {
             child: std::sync::Mutex::new(None),
-            socket: dir.join("cilium.sock"),
+            socket,
             state_dir: dir.join("state"),
-            bpf_root: PathBuf::from("/sys/fs/bpf").join(format!("cilium-{id}")),
-            cgroup: cgroup2_mount().join(format!("cilium-{id}")),
+            bpf_root,
+            cgroup,
             pod_cidr: pod_cidr.to_string(),
             log: dir.join("agent.log"),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            _undo: undo,
         };
         agent.spawn();
         agent
@@ -370,50 +412,51 @@ impl Agent {
 impl Agent {
     /// The gateway address of this agent's pod range (its first host address).
     pub fn gateway(&self) -> String {
-        let base = self.pod_cidr.split('/').next().unwrap_or_default();
-        let mut octets: Vec<u8> = base.split('.').filter_map(|o| o.parse().ok()).collect();
-        if let Some(last) = octets.last_mut() {
-            *last = last.wrapping_add(1);
-        }
-        octets
-            .iter()
-            .map(u8::to_string)
-            .collect::<Vec<_>>()
-            .join(".")
+        gateway_of(&self.pod_cidr)
     }
+}
 
-    /// Undo what the agent leaves on the host on purpose (so a restarted agent finds it):
-    /// its gateway address on `cilium_host`, and the device once no agent uses it.
-    fn remove_host_leftovers(&self) {
-        let quiet = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-        };
-        let _ = quiet(&[
+/// The first host address of `pod_cidr` (the agent's gateway).
+fn gateway_of(pod_cidr: &str) -> String {
+    let base = pod_cidr.split('/').next().unwrap_or_default();
+    let mut octets: Vec<u8> = base.split('.').filter_map(|o| o.parse().ok()).collect();
+    if let Some(last) = octets.last_mut() {
+        *last = last.wrapping_add(1);
+    }
+    octets
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Undo what an agent leaves on the host on purpose (so a restarted agent finds it): its
+/// gateway address on `cilium_host`, and the device once no agent uses it.
+fn remove_host_leftovers(gateway: &str) {
+    quiet(
+        "ip",
+        &[
             "addr",
             "del",
-            &format!("{}/32", self.gateway()),
+            &format!("{gateway}/32"),
             "dev",
             "cilium_host",
-        ]);
-        let left = Command::new("ip")
-            .args(["-4", "-o", "addr", "show", "dev", "cilium_host"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if left.is_empty() {
-            let _ = quiet(&["link", "del", "cilium_host"]);
-        }
+        ],
+    );
+    let left = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "cilium_host"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if left.is_empty() {
+        quiet("ip", &["link", "del", "cilium_host"]);
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-        self.remove_host_leftovers();
+        remove_host_leftovers(&self.gateway());
         let _ = std::fs::remove_dir_all(&self.bpf_root);
         // Empty once the agent's links are unpinned and no test process is left in it.
         let _ = std::fs::remove_dir(&self.cgroup);
@@ -587,6 +630,7 @@ impl Drop for Pod<'_> {
 /// A background process (a server in a pod, `ciliumctl monitor`, ...), killed on drop.
 pub struct Bg {
     child: Option<Child>,
+    _undo: OnInterrupt,
 }
 
 impl Bg {
@@ -598,7 +642,11 @@ impl Bg {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Self { child: Some(child) }
+        let pid = child.id().to_string();
+        Self {
+            child: Some(child),
+            _undo: on_interrupt(move || quiet("kill", &["-KILL", &pid])),
+        }
     }
 
     /// Kill it and return what it printed on stdout.

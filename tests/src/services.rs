@@ -9,6 +9,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use crate::cleanup::{OnInterrupt, on_interrupt, quiet};
 use crate::model::ctl_apply;
 use crate::{Agent, Bg, Netns, Pod, bin, run, run_ok, unique};
 
@@ -41,6 +42,7 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 pub struct Cgroup {
     /// The directory.
     pub path: PathBuf,
+    _undo: OnInterrupt,
 }
 
 impl Cgroup {
@@ -49,7 +51,18 @@ impl Cgroup {
         let root = cgroup2_mount().ok_or("no cgroup v2 mount on this host")?;
         let path = root.join(unique("cilium-e2e-cg"));
         std::fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
-        Ok(Self { path })
+        let undo = {
+            let path = path.clone();
+            on_interrupt(move || {
+                let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.split_whitespace() {
+                    quiet("kill", &["-KILL", pid]);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = std::fs::remove_dir(&path);
+            })
+        };
+        Ok(Self { path, _undo: undo })
     }
 
     /// The `--cgroup-root` argument.
@@ -698,6 +711,7 @@ pub struct Outside {
     pub peer_ip: Ipv4Addr,
     /// Interface name inside the namespace.
     peer_if: String,
+    _undo: OnInterrupt,
 }
 
 impl Outside {
@@ -709,6 +723,10 @@ impl Outside {
         let netns = Netns::new("out");
         let host_if = unique("vnp");
         let peer_if = unique("vnq");
+        let undo = {
+            let host_if = host_if.clone();
+            on_interrupt(move || quiet("ip", &["link", "del", &host_if]))
+        };
         run_ok(Command::new("ip").args([
             "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
         ]));
@@ -718,6 +736,7 @@ impl Outside {
             host_ip,
             peer_ip,
             peer_if,
+            _undo: undo,
         };
         run_ok(Command::new("ip").args(["link", "set", &me.peer_if, "netns", &me.netns.name]));
         run_ok(Command::new("ip").args([

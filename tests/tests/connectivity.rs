@@ -43,23 +43,35 @@ fn host_ifname(container_id: &str) -> String {
 }
 
 /// A named netns made for the test, deleted on drop (unless the run removed it already).
-struct NetnsGuard(String);
+struct NetnsGuard {
+    name: String,
+    _undo: cilium_e2e::cleanup::OnInterrupt,
+}
 
 impl NetnsGuard {
     fn add(name: &str) -> Self {
+        let undo = {
+            let name = name.to_string();
+            cilium_e2e::cleanup::on_interrupt(move || {
+                cilium_e2e::cleanup::quiet("ip", &["netns", "del", &name]);
+            })
+        };
         cilium_e2e::run_ok(Command::new("ip").args(["netns", "add", name]));
-        Self(name.to_string())
+        Self {
+            name: name.to_string(),
+            _undo: undo,
+        }
     }
 }
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if std::path::Path::new("/var/run/netns")
-            .join(&self.0)
+            .join(&self.name)
             .exists()
         {
             let _ = Command::new("ip")
-                .args(["netns", "del", &self.0])
+                .args(["netns", "del", &self.name])
                 .stderr(Stdio::null())
                 .status();
         }

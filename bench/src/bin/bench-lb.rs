@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cilium_bench::bpf_cost::{self, Cost, StatsOn, cpu_busy_ns, prog_stats};
+use cilium_e2e::cleanup::{OnInterrupt, on_interrupt};
 use cilium_e2e::model::ctl_apply;
 use cilium_e2e::services::{
     Cgroup, Client, SliceEp, SvcPort, enable_forwarding, lb_args, serve, service_yaml, slice_yaml,
@@ -236,65 +237,81 @@ fn iptables_restore(input: &str) -> Result<Duration, String> {
     Ok(t0.elapsed())
 }
 
-/// Removes every chain and jump rule the benchmark installed (on drop, also after a panic).
-struct IptablesGuard;
+/// Removes every chain and jump rule the benchmark installed (on drop, also after a panic or
+/// an interrupt).
+struct IptablesGuard {
+    _undo: OnInterrupt,
+}
+
+impl IptablesGuard {
+    fn new() -> Self {
+        Self {
+            _undo: on_interrupt(remove_bench_chains),
+        }
+    }
+}
 
 impl Drop for IptablesGuard {
     fn drop(&mut self) {
-        for (hook, target) in JUMPS {
-            while Command::new(ipt("iptables"))
-                .args([
-                    "-t",
-                    "nat",
-                    "-D",
-                    hook,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    JUMP_COMMENT,
-                    "-j",
-                    target,
-                ])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-            {}
-        }
-        let saved = Command::new(ipt("iptables-save"))
-            .args(["-t", "nat"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let ours: Vec<&str> = saved
-            .lines()
-            .filter_map(|l| l.strip_prefix(':'))
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|c| {
-                [
-                    "KUBE-SERVICES",
-                    "KUBE-SVC-",
-                    "KUBE-SEP-",
-                    "KUBE-MARK-MASQ",
-                    "KUBE-POSTROUTING",
-                ]
-                .iter()
-                .any(|p| c.starts_with(p))
-            })
-            .collect();
-        if ours.is_empty() {
-            return;
-        }
-        let mut s = String::from("*nat\n");
-        for c in &ours {
-            s.push_str(&format!(":{c} - [0:0]\n"));
-        }
-        for c in &ours {
-            s.push_str(&format!("-X {c}\n"));
-        }
-        s.push_str("COMMIT\n");
-        if let Err(e) = iptables_restore(&s) {
-            eprintln!("bench-lb: removing the iptables chains failed: {e}");
-        }
+        remove_bench_chains();
+    }
+}
+
+/// Deletes the jump rules and chains of [`iptables_rules`] (whatever is left of them).
+fn remove_bench_chains() {
+    for (hook, target) in JUMPS {
+        while Command::new(ipt("iptables"))
+            .args([
+                "-t",
+                "nat",
+                "-D",
+                hook,
+                "-m",
+                "comment",
+                "--comment",
+                JUMP_COMMENT,
+                "-j",
+                target,
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {}
+    }
+    let saved = Command::new(ipt("iptables-save"))
+        .args(["-t", "nat"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ours: Vec<&str> = saved
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| {
+            [
+                "KUBE-SERVICES",
+                "KUBE-SVC-",
+                "KUBE-SEP-",
+                "KUBE-MARK-MASQ",
+                "KUBE-POSTROUTING",
+            ]
+            .iter()
+            .any(|p| c.starts_with(p))
+        })
+        .collect();
+    if ours.is_empty() {
+        return;
+    }
+    let mut s = String::from("*nat\n");
+    for c in &ours {
+        s.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for c in &ours {
+        s.push_str(&format!("-X {c}\n"));
+    }
+    s.push_str("COMMIT\n");
+    if let Err(e) = iptables_restore(&s) {
+        eprintln!("bench-lb: removing the iptables chains failed: {e}");
     }
 }
 
@@ -907,7 +924,7 @@ fn run_iptables(counts: &[usize], dur: Duration, windows: u32, costs: &mut Vec<C
     let c = cluster(&agent);
     let real: Vec<Ipv4Addr> = c.backends.iter().map(|p| p.ip).collect();
     let addr = format!("{}:80", vip(0));
-    let _guard = IptablesGuard;
+    let _guard = IptablesGuard::new();
     let mut rows = Vec::new();
     let mut have = 0usize;
     for (k, &n) in counts.iter().enumerate() {
