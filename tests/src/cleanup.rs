@@ -5,11 +5,53 @@
 //! registers the same undo here ([`on_interrupt`]). On SIGINT, SIGTERM or SIGHUP a watcher
 //! thread runs every undo still registered, newest first, and exits with 128 + the signal
 //! number. An owner that cleaned up by itself drops its [`OnInterrupt`], which deregisters it.
+//! Host changes the harness makes through [`busy`] (every `run`/`run_ok` command) are waited
+//! for before the undo starts, and none starts after it: such a thread stops for good. While
+//! the undo runs, a thread that panics (its agent or namespace just went away) waits instead of
+//! unwinding, so a panicking main thread cannot end the process half-way.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Set once a signal arrived: the undo is running and the process is about to exit.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Threads inside [`busy`] sections.
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// Stops the calling thread for good (the watcher is about to exit the process).
+fn stop_here() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Marks the calling thread as changing host state until the guard drops: an interrupt's undo
+/// waits (up to 10 s) for it to finish. Once the undo has begun, the thread stops here instead.
+pub fn busy() -> Busy {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        stop_here();
+    }
+    BUSY.fetch_add(1, Ordering::SeqCst);
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+        stop_here();
+    }
+    Busy(())
+}
+
+/// See [`busy`].
+#[must_use = "the section ends when it is dropped"]
+pub struct Busy(());
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 type Undo = Box<dyn Fn() + Send>;
 
@@ -42,6 +84,10 @@ impl Drop for OnInterrupt {
 /// returned guard is dropped. `undo` must be harmless when there is nothing left to undo.
 pub fn on_interrupt(undo: impl Fn() + Send + 'static) -> OnInterrupt {
     watch_signals();
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        // Whatever it guards would be made after the undo: do not make it.
+        stop_here();
+    }
     let mut r = registry();
     r.next += 1;
     let id = r.next;
@@ -70,6 +116,11 @@ fn watch_signals() {
                 let Some(signo) = wait_for_signal(&ready) else {
                     return;
                 };
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while BUSY.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let undo = std::mem::take(&mut registry().undo);
                 // Straight to fd 2: the test harness captures eprintln! of test threads (and
                 // of threads they spawn), and would swallow this.
@@ -86,6 +137,14 @@ fn watch_signals() {
         match spawned {
             Ok(_) => {
                 let _ = installed.recv();
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        // The watcher exits the process once the undo is done.
+                        stop_here();
+                    }
+                    previous(info);
+                }));
             }
             Err(e) => eprintln!("no cleanup on interrupt: cannot start its thread: {e}"),
         }

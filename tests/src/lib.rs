@@ -110,6 +110,7 @@ pub fn require(test: &str, check: Result<(), String>) -> bool {
 
 /// Run a command and return its output; panics with the command line if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
+    let _busy = cleanup::busy();
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }

@@ -933,7 +933,11 @@ fn run_iptables(counts: &[usize], dur: Duration, windows: u32, costs: &mut Vec<C
             Err(e) => format!("ciliumctl apply failed: {e}; "),
         };
         have = n;
-        match iptables_restore(&iptables_rules(n, &real, k == 0)) {
+        // Not during an interrupt's undo (it would put back what the undo removes).
+        let busy = cilium_e2e::cleanup::busy();
+        let restored = iptables_restore(&iptables_rules(n, &real, k == 0));
+        drop(busy);
+        match restored {
             Ok(d) => note.push_str(&format!("iptables-restore of {n} services took {}", ms(d))),
             Err(e) => {
                 // Rules half loaded (or not at all) would measure something else: no row for
