@@ -400,6 +400,12 @@ impl<B: LbBackend> LbMapOps<B> {
     }
 
     fn load_shadow(&self) -> Result<HashMap<FrontendKey, Written>, Error> {
+        self.read_maps().map(|(shadow, _)| shadow)
+    }
+
+    /// What the maps hold: the shadow of every frontend in them, and every backend id of the
+    /// backends map.
+    fn read_maps(&self) -> Result<(HashMap<FrontendKey, Written>, Vec<u32>), Error> {
         let none = (Ipv4Addr::UNSPECIFIED, 0, 0);
         let entries = self
             .backend
@@ -468,7 +474,7 @@ impl<B: LbBackend> LbMapOps<B> {
                 (key, written)
             })
             .collect();
-        Ok(out)
+        Ok((out, known.into_keys().collect()))
     }
 
     fn with_shadow<T>(
@@ -889,7 +895,9 @@ impl<B: LbBackend> LbMapOps<B> {
     pub fn prune_to(&self, wanted: &[FrontendDesc]) -> Result<(), Error> {
         let mut guard = self.shadow.lock();
         *guard = None;
-        let mut present = self.load_shadow()?;
+        // The backends map as it is now: removing the stale frontends below only defers its
+        // deletions, so it is still that when the orphans are picked.
+        let (mut present, backend_ids) = self.read_maps()?;
         let want_keys: BTreeSet<FrontendKey> = wanted.iter().map(FrontendDesc::key).collect();
         let stale: Vec<FrontendKey> = present
             .keys()
@@ -956,12 +964,8 @@ impl<B: LbBackend> LbMapOps<B> {
             .map(|b| b.id)
             .chain(Self::referenced(&present))
             .collect();
-        let orphans: Vec<u32> = self
-            .backend
-            .dump_backends()
-            .map_err(map_err("listing backends for", &none))?
+        let orphans: Vec<u32> = backend_ids
             .into_iter()
-            .map(|(id, _)| id)
             .filter(|id| !want_backends.contains(id))
             .collect();
         if !orphans.is_empty() || !stale.is_empty() {
